@@ -1,0 +1,260 @@
+"""Card reader over PC/SC with pyscard's low-level ``scard`` API.
+
+pyscard's high-level ``CardMonitor`` gives up when pcscd restarts; a terminal
+must not. This driver owns one monitor thread that waits in
+``SCardGetStatusChange`` (including the ``\\\\?PnP?\\Notification`` pseudo
+reader for hot-plug), re-establishes its context whenever the service goes
+away, and hands events to the loop through :class:`terminal.bridge.LoopBridge`.
+
+Card I/O uses a second context: pcsc-lite serialises calls per context, so a
+transmit on the monitor's context would wait for the status-change timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from smartcard import scard
+
+from terminal.bridge import LoopBridge
+from terminal.exceptions import CardError, CardRemoved, ReaderUnavailable
+from terminal.hardware import CardGone, CardPresent, ReaderEvent, ReaderState
+
+log = logging.getLogger("unionterm.drivers.pcsc")
+
+PNP = "\\\\?PnP?\\Notification"
+
+#: Results meaning "the service or the reader went away": re-establish the context.
+_SERVICE_GONE = {
+    scard.SCARD_E_NO_SERVICE,
+    scard.SCARD_E_SERVICE_STOPPED,
+    scard.SCARD_E_INVALID_HANDLE,
+    scard.SCARD_E_NO_READERS_AVAILABLE,
+    scard.SCARD_E_READER_UNAVAILABLE,
+    scard.SCARD_E_UNKNOWN_READER,
+    scard.SCARD_F_COMM_ERROR,
+}
+
+#: Results meaning "the card left" during a connect or transmit.
+_CARD_GONE = {
+    scard.SCARD_W_REMOVED_CARD,
+    scard.SCARD_E_NO_SMARTCARD,
+    scard.SCARD_W_RESET_CARD,
+    scard.SCARD_W_UNPOWERED_CARD,
+    scard.SCARD_W_UNRESPONSIVE_CARD,
+    scard.SCARD_E_NOT_TRANSACTED,
+    scard.SCARD_E_READER_UNAVAILABLE,
+    scard.SCARD_E_NO_SERVICE,
+    scard.SCARD_E_SERVICE_STOPPED,
+    scard.SCARD_E_INVALID_HANDLE,
+}
+
+_POLL_MS = 500
+
+
+def _err(hr: int) -> str:
+    try:
+        return f"{scard.SCardGetErrorMessage(hr)} (0x{hr & 0xFFFFFFFF:08X})"
+    except Exception:  # pragma: no cover - message lookup is cosmetic
+        return f"0x{hr & 0xFFFFFFFF:08X}"
+
+
+class PcscChannel:
+    """An open card handle; ``transmit`` runs the blocking call in a worker thread."""
+
+    def __init__(self, handle: Any, protocol: int, reader: str) -> None:
+        self._handle = handle
+        self._protocol = protocol
+        self.reader = reader
+
+    def transmit_blocking(self, apdu: bytes) -> bytes:
+        hr, response = scard.SCardTransmit(self._handle, self._protocol, list(apdu))
+        if hr != scard.SCARD_S_SUCCESS:
+            if hr in _CARD_GONE:
+                raise CardRemoved(f"transmit on {self.reader}: {_err(hr)}")
+            raise CardError(f"transmit on {self.reader}: {_err(hr)}")
+        if len(response) < 2:
+            raise CardError(f"transmit on {self.reader}: response shorter than a status word")
+        return bytes(response)
+
+    async def transmit(self, apdu: bytes) -> bytes:
+        return await asyncio.to_thread(self.transmit_blocking, apdu)
+
+
+class PcscReader:
+    """The PC/SC implementation of :class:`terminal.hardware.CardReader`."""
+
+    def __init__(self, name_filter: str = "", reconnect_s: float = 1.0) -> None:
+        self.name_filter = name_filter
+        self.reconnect_s = reconnect_s
+        self._bridge: LoopBridge[ReaderEvent] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._monitor_ctx: Any = None
+        self._io_ctx: Any = None
+        self._io_lock = threading.Lock()
+        self.readers: list[str] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> "PcscReader":
+        self._bridge = LoopBridge()
+        self._thread = threading.Thread(target=self._monitor, name="pcsc-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        ctx = self._monitor_ctx
+        if ctx is not None:
+            scard.SCardCancel(ctx)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 3.0)
+        with self._io_lock:
+            if self._io_ctx is not None:
+                scard.SCardReleaseContext(self._io_ctx)
+                self._io_ctx = None
+
+    def events(self) -> LoopBridge[ReaderEvent]:
+        assert self._bridge is not None, "use 'async with PcscReader()' first"
+        return self._bridge
+
+    # -- card connections -----------------------------------------------------------------
+
+    def _io_context(self) -> Any:
+        with self._io_lock:
+            if self._io_ctx is None:
+                hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+                if hr != scard.SCARD_S_SUCCESS:
+                    raise ReaderUnavailable(f"PC/SC service: {_err(hr)}")
+                self._io_ctx = ctx
+            return self._io_ctx
+
+    def _drop_io_context(self) -> None:
+        with self._io_lock:
+            if self._io_ctx is not None:
+                scard.SCardReleaseContext(self._io_ctx)
+                self._io_ctx = None
+
+    def connect_blocking(self, reader: str) -> PcscChannel:
+        for attempt in (1, 2):
+            ctx = self._io_context()
+            hr, handle, protocol = scard.SCardConnect(
+                ctx, reader, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
+            )
+            if hr == scard.SCARD_S_SUCCESS:
+                return PcscChannel(handle, protocol, reader)
+            if hr in (scard.SCARD_E_INVALID_HANDLE, scard.SCARD_E_NO_SERVICE,
+                      scard.SCARD_E_SERVICE_STOPPED) and attempt == 1:
+                self._drop_io_context()  # pcscd restarted since the context was made
+                continue
+            if hr in _CARD_GONE:
+                raise CardRemoved(f"connect to {reader}: {_err(hr)}")
+            raise CardError(f"connect to {reader}: {_err(hr)}")
+        raise ReaderUnavailable(f"connect to {reader}: no PC/SC service")
+
+    @staticmethod
+    def disconnect_blocking(channel: PcscChannel) -> None:
+        scard.SCardDisconnect(channel._handle, scard.SCARD_LEAVE_CARD)
+
+    @contextlib.asynccontextmanager
+    async def connect(self, reader: str) -> AsyncIterator[PcscChannel]:
+        """Open the card; the handle is always released, so the next card is detected."""
+        channel = await asyncio.to_thread(self.connect_blocking, reader)
+        try:
+            yield channel
+        finally:
+            await asyncio.to_thread(self.disconnect_blocking, channel)
+
+    # -- monitor thread ---------------------------------------------------------------------
+
+    def _post(self, event: ReaderEvent) -> None:
+        assert self._bridge is not None
+        self._bridge.put_threadsafe(event)
+
+    def _wanted(self, names: list[str]) -> list[str]:
+        return [n for n in names if self.name_filter in n]
+
+    def _monitor(self) -> None:
+        online: set[str] = set()
+        present: dict[str, bool] = {}  # survives re-listing, so a resting card is not a new tap
+        while not self._stop.is_set():
+            hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+            if hr != scard.SCARD_S_SUCCESS:
+                self._service_lost(online, _err(hr), present)
+                continue
+            self._monitor_ctx = ctx
+            try:
+                self._watch(ctx, online, present)
+            finally:
+                self._monitor_ctx = None
+                scard.SCardReleaseContext(ctx)
+        for name in sorted(online):
+            self._post(ReaderState(name, False, "stopped"))
+
+    def _service_lost(self, online: set[str], why: str, present: dict[str, bool] | None = None) -> None:
+        if present is not None:
+            present.clear()
+        self._drop_io_context()  # a context from before a pcscd restart fails in odd ways
+        for name in sorted(online):
+            self._post(ReaderState(name, False, why))
+        if online:
+            log.warning("event=pcsc_service_lost detail=%r", why)
+        online.clear()
+        self._stop.wait(self.reconnect_s)
+
+    def _watch(self, ctx: Any, online: set[str], present: dict[str, bool]) -> None:
+        """Follow readers and cards on one context until the service goes away."""
+        hr, names = scard.SCardListReaders(ctx, [])
+        if hr not in (scard.SCARD_S_SUCCESS, scard.SCARD_E_NO_READERS_AVAILABLE):
+            self._service_lost(online, _err(hr), present)
+            return
+        readers = self._wanted(names if hr == scard.SCARD_S_SUCCESS else [])
+        for name in sorted(online - set(readers)):
+            self._post(ReaderState(name, False, "removed"))
+            online.discard(name)
+            present.pop(name, None)
+        for name in readers:
+            if name not in online:
+                online.add(name)
+                log.info("event=reader_online reader=%r", name)
+                self._post(ReaderState(name, True))
+        self.readers = list(readers)
+        states: list[tuple[str, int]] = [(n, scard.SCARD_STATE_UNAWARE) for n in readers]
+        states.append((PNP, scard.SCARD_STATE_UNAWARE))
+        while not self._stop.is_set():
+            hr, result = scard.SCardGetStatusChange(ctx, _POLL_MS, states)
+            if hr == scard.SCARD_E_TIMEOUT:
+                continue
+            if hr == scard.SCARD_E_CANCELLED:
+                return
+            if hr != scard.SCARD_S_SUCCESS:
+                self._service_lost(online, _err(hr), present)
+                return
+            now = time.perf_counter()
+            replug = False
+            states = []
+            for name, event_state, atr in result:
+                if name == PNP:
+                    replug = replug or bool(event_state & scard.SCARD_STATE_CHANGED)
+                    states.append((name, event_state & ~scard.SCARD_STATE_CHANGED))
+                    continue
+                if event_state & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE):
+                    replug = True
+                is_present = bool(event_state & scard.SCARD_STATE_PRESENT) and not (
+                    event_state & scard.SCARD_STATE_MUTE
+                )
+                if is_present and not present.get(name):
+                    self._post(CardPresent(name, bytes(atr), now))
+                elif not is_present and present.get(name):
+                    self._post(CardGone(name))
+                present[name] = is_present
+                states.append((name, event_state & ~scard.SCARD_STATE_CHANGED))
+            if replug:
+                return  # re-list readers on a fresh pass

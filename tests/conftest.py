@@ -1,0 +1,56 @@
+"""Fixtures that start the real stacks the integration tests run on.
+
+pcscd (with a private vpcd reader.conf) is started once per session, since
+only one can run per machine; each test gets its own mosquitto on a private
+loopback port. Both are stopped by pid at the end. Nothing here skips: a
+missing pcscd or mosquitto is an error that says what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from simulator.rig import Rig
+from simulator.services import Mosquitto, Pcscd
+from terminal import logs
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logs.setup("debug" if config.getoption("verbose") > 1 else "info")
+
+
+@pytest.fixture(scope="session")
+def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
+    service = Pcscd(workdir=tmp_path_factory.mktemp("pcscd"))
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    service = Mosquitto(workdir=tmp_path / "mosquitto", persistent=True)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, pcscd: Pcscd, broker: Mosquitto) -> AsyncIterator[Rig]:
+    if not pcscd.running:  # a test that stopped it must not break the next one
+        pcscd.start()
+    async with Rig(tmp_path / "rig", pcscd=pcscd, broker=broker, pulse_ms=400) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _quiet_libraries() -> None:
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
