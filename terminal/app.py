@@ -109,6 +109,9 @@ class Terminal:
         self.journal: Journal | None = None
         self.uplink: Uplink | None = None
         self.listeners: list[Callable[[Outcome], None]] = []
+        #: Long-running activities that plug in (member sync, telemetry, ECR link ...):
+        #: each is called once the journal, store and uplink exist, and runs in the task group.
+        self.services: list[Callable[["Terminal"], Awaitable[None]]] = []
         self.readers_online: set[str] = set()
         self.cards_present: dict[str, bool] = {}
         self.started = asyncio.Event()
@@ -145,6 +148,8 @@ class Terminal:
                     tg.create_task(self._input_loop(), name="inputs")
                     tg.create_task(self.uplink.run(), name="uplink")
                     tg.create_task(self._stop_when_asked(), name="stop")
+                    for service in self.services:
+                        tg.create_task(service(self), name=getattr(service, "__name__", "service"))
             except* _Stopped:
                 pass
             self.show(Screen(text(self.lang, "goodbye"), (self.cfg.terminal.id,), alert=True))

@@ -1,0 +1,14 @@
+"""Small, dependency-free percentile helpers shared by every benchmark."""
+
+from __future__ import annotations
+
+import math
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    if not values:
+        raise ValueError("no samples")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
