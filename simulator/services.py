@@ -143,10 +143,10 @@ class Pcscd(ManagedProcess):
 
     name = "pcscd"
 
-    def __init__(self, channel: int = 0x9001, readers: int = 1, friendly: str = "Sim Reader",
+    def __init__(self, channel: int | None = None, readers: int = 1, friendly: str = "Sim Reader",
                  workdir: Path | None = None) -> None:
         super().__init__(workdir)
-        self.channel = channel
+        self.channel = channel or int(os.environ.get("UNIONTERM_VPCD_CHANNEL", "0x9001"), 0)
         self.readers = readers
         self.friendly = friendly
         self.confdir = self.workdir / "reader.conf.d"
@@ -177,17 +177,16 @@ class Pcscd(ManagedProcess):
                 f"LIBPATH {VPCD_DRIVER}\nCHANNELID 0x{port:04X}\n")
 
     def _other_pcscd(self) -> bool:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        """Is a pcscd answering on the socket? (Checked by connecting, so a pcscd in
+        another mount namespace, or a zombie, does not count.)"""
+        if not os.path.exists(PCSCD_SOCKET):
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
+                sock.connect(PCSCD_SOCKET)
             except OSError:
-                continue
-            comm, state = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:][:1]
-            if comm == "pcscd" and state != "Z":  # a zombie holds no socket
-                return True
-        return False
+                return False
+        return True
 
     def command(self) -> list[str]:
         return ["pcscd", "--foreground", "--config", str(self.confdir)]
