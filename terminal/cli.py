@@ -24,11 +24,18 @@ EX_CONFIG = 78
 log = logging.getLogger("unionterm.cli")
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _load_config(path: str) -> Config | None:
+    """Load and validate; on failure print the one-line reason (no traceback) and return None."""
     try:
-        cfg = load(args.path)
+        return load(path)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.path)
+    if cfg is None:
         return EX_CONFIG
     print(f"{args.path}: ok (terminal {cfg.terminal.id}, mode {cfg.terminal.mode})")
     return EX_OK
@@ -48,10 +55,8 @@ async def _run_terminal(cfg: Config) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load(args.config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    cfg = _load_config(args.config)
+    if cfg is None:
         return EX_CONFIG
     logs.setup(cfg.terminal.log_level)
     try:

@@ -25,22 +25,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
-    service = Pcscd(workdir=tmp_path_factory.mktemp("pcscd"))
-    service.start()
-    try:
+    with Pcscd(workdir=tmp_path_factory.mktemp("pcscd")) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    service = Mosquitto(workdir=tmp_path / "mosquitto", persistent=True)
-    service.start()
-    try:
+    with Mosquitto(workdir=tmp_path / "mosquitto", persistent=True) as service:
         yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture
