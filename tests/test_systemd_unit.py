@@ -218,8 +218,8 @@ def test_sysusers_creates_user_in_device_groups(image: Path) -> None:
 def test_tmpfiles_locks_config_to_root_and_service_group(image: Path) -> None:
     run_sysusers(image)
     (image / "etc" / "unionterm" / "tls").mkdir(parents=True)
-    (image / "etc" / "unionterm" / "terminal.toml").write_text("")
-    (image / "etc" / "unionterm" / "tls" / "client.key").write_text("")
+    for name in ("terminal.toml", "card.key", "sam.keys", "tls/terminal.key", "tls/terminal.crt", "tls/ca.crt"):
+        (image / "etc" / "unionterm" / name).write_text("")
     subprocess.run(
         [tool("systemd-tmpfiles"), f"--root={image}", "--create", str(SYSTEMD / "unionterm.tmpfiles")],
         check=True,
@@ -232,7 +232,12 @@ def test_tmpfiles_locks_config_to_root_and_service_group(image: Path) -> None:
         "etc/unionterm": (0o750, 0, gid),
         "etc/unionterm/terminal.toml": (0o640, 0, gid),
         "etc/unionterm/tls": (0o750, 0, gid),
-        "etc/unionterm/tls/client.key": (0o640, 0, gid),
+        "etc/unionterm/tls/terminal.crt": (0o640, 0, gid),
+        "etc/unionterm/tls/ca.crt": (0o640, 0, gid),
+        # private keys: the service user alone, or the key loaders refuse them
+        "etc/unionterm/tls/terminal.key": (0o600, uid, gid),
+        "etc/unionterm/card.key": (0o600, uid, gid),
+        "etc/unionterm/sam.keys": (0o600, uid, gid),
         "var/lib/unionterm": (0o700, uid, gid),
     }
     for relative, (mode, owner, group) in expected.items():
