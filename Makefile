@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PKGS := pcscd libpcsclite-dev swig gcc vsmartcard-vpcd pcsc-tools mosquitto mosquitto-clients \
-            fonts-wqy-zenhei fonts-unifont systemd openssl
+            fonts-wqy-zenhei fonts-unifont systemd openssl chromium
 DEMO_OUT ?= out/demo
 
 .PHONY: deps apt venv test demo bench clean

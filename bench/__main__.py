@@ -25,15 +25,37 @@ def _tap(args: argparse.Namespace) -> dict[str, float]:
     return run(args.taps)
 
 
+def _auth(args: argparse.Namespace) -> dict[str, float]:
+    from .auth_bench import run
+
+    return run(args.auth_taps)
+
+
+def _members(args: argparse.Namespace) -> dict[str, float]:
+    from .members_bench import run
+
+    return run()
+
+
+def _journal(args: argparse.Namespace) -> dict[str, float]:
+    from .journal_bench import run
+
+    return run()
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, float]]] = {
     "tap": _tap,
+    "auth": _auth,
+    "members": _members,
+    "journal": _journal,
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
-    parser.add_argument("--taps", type=int, default=1000, help="taps for the latency benchmark")
+    parser.add_argument("--taps", type=int, default=1000, help="taps for the UID latency benchmark")
+    parser.add_argument("--auth-taps", type=int, default=300, help="taps for the union-card benchmark")
     args = parser.parse_args()
     logs.setup("warning")
     logging.getLogger("unionterm").setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import tempfile
@@ -24,16 +25,34 @@ from terminal.app import Outcome, Terminal
 from terminal.config import Config, load
 from terminal.members import MemberStore
 
+from .cards.desfire import UnionCard
 from .people import Person, cast, records
+from .qr import EcardIssuer, PtyScanner
 from .services import Mosquitto, Pcscd
 from .vcard import CardBehaviour, VirtualCard
 
 PINS = {"relay": 17, "green": 27, "red": 22, "buzzer": 23, "door": 5, "exit": 6}
 
+#: Card profiles a simulated terminal takes unless told otherwise: the union card first,
+#: and the legacy UID too, so the UID-card taps of the walking skeleton keep working.
+SIM_PROFILES = ("union-app", "bank-pan", "uid-legacy")
+SAM_KEY_FILE = "sam.keys"
+QR_KEY_FILE = "qr-issuer.pub"
+
 
 def sim_config_text(state_dir: Path, mode: str, mqtt_port: int, capture_dir: Path | str = "",
-                    terminal_id: str = "SIM-0001", pulse_ms: int = 3000, reader: str = "Sim Reader") -> str:
-    """The TOML a simulated terminal runs with (same schema as on a Pi)."""
+                    terminal_id: str = "SIM-0001", pulse_ms: int = 3000, reader: str = "Sim Reader",
+                    profiles: tuple[str, ...] = SIM_PROFILES, sam: str = "software", sam_reader: str = "",
+                    qr_port: str = "", ecr_port: str = "", sections: str = "") -> str:
+    """The TOML a simulated terminal runs with (same schema as on a Pi).
+
+    ``qr_port`` (a pty) adds the scanner port that the ``qr-ecard`` profile reads;
+    ``ecr_port`` (a pty, :class:`simulator.ecr.PtyCashRegister`) the cash-register link;
+    ``sections`` is appended as it is (the modes' ``[pos]``, ``[canteen]``, ``[door]``, ``[clock]``).
+    """
+    qr = f'qr_scanner = "qr"\nqr_public_keys = ["{QR_KEY_FILE}"]\n\n[serial.qr]\nport = "{qr_port}"\n' \
+        if qr_port else ""
+    ecr = f'\n[serial.ecr]\nport = "{ecr_port}"\n\n' if ecr_port else ""
     return f"""# Simulated terminal: real pcscd+vpcd, gpiozero MockFactory, luma dummy, real mosquitto.
 [terminal]
 id = "{terminal_id}"
@@ -76,7 +95,13 @@ db = "journal.db"
 
 [access]
 pulse_ms = {pulse_ms}
-"""
+
+[cards]
+profiles = {json.dumps(list(profiles))}
+sam = "{sam}"
+sam_key_file = "{SAM_KEY_FILE}"
+sam_reader = "{sam_reader}"
+{qr}{ecr}{sections}"""
 
 
 class Rig:
@@ -84,7 +109,9 @@ class Rig:
 
     def __init__(self, workdir: Path | None = None, *, mode: str = "access", pcscd: Pcscd | None = None,
                  broker: Mosquitto | None = None, people: list[Person] | None = None,
-                 capture: bool = True, pulse_ms: int = 3000) -> None:
+                 capture: bool = True, pulse_ms: int = 3000, profiles: tuple[str, ...] = SIM_PROFILES,
+                 sam: str = "software", reader: str = "Sim Reader", sam_reader: str = "",
+                 ecr_port: str = "", sections: str = "", terminal_options: dict[str, Any] | None = None) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="unionterm-rig-"))
         self.mode = mode
         self._own_pcscd = pcscd is None
@@ -94,6 +121,15 @@ class Rig:
         self.people = people if people is not None else cast(10)
         self.capture_dir = self.workdir / "screens" if capture else None
         self.pulse_ms = pulse_ms
+        self.profiles = profiles
+        self.sam = sam
+        self.reader = reader
+        self.sam_reader = sam_reader
+        self.ecr_port = ecr_port  # [modes] cash-register pty, mode sections, an injected clock
+        self.sections = sections
+        self.terminal_options = terminal_options or {}
+        self.scanner: PtyScanner | None = None
+        self.issuer = EcardIssuer()
         self.outcomes: list[Outcome] = []
         self._stack = contextlib.ExitStack()
         self.terminal: Terminal
@@ -110,9 +146,21 @@ class Rig:
         if not key_file.exists():
             key_file.write_text(secrets.token_hex(32))
             os.chmod(key_file, 0o600)
+        sam_keys = self.workdir / SAM_KEY_FILE
+        if not sam_keys.exists():  # the software SAM's master keys, readable by the owner only
+            fd = os.open(sam_keys, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({str(slot): secrets.token_hex(16) for slot in (1, 2)}, fh)
+        if "qr-ecard" in self.profiles and self.scanner is None:
+            self.scanner = PtyScanner()
+            self._stack.callback(self.scanner.close)
+            self.issuer.write_public_key(self.workdir / QR_KEY_FILE)
         path = self.workdir / "terminal.toml"
-        path.write_text(sim_config_text(state, self.mode, self.broker.port,
-                                        self.capture_dir or "", pulse_ms=self.pulse_ms))
+        path.write_text(sim_config_text(state, self.mode, self.broker.port, self.capture_dir or "",
+                                        pulse_ms=self.pulse_ms, reader=self.reader, profiles=self.profiles,
+                                        sam=self.sam, sam_reader=self.sam_reader,
+                                        qr_port=self.scanner.port if self.scanner else "",
+                                        ecr_port=self.ecr_port, sections=self.sections))
         return path
 
     def seed_members(self) -> None:
@@ -125,6 +173,17 @@ class Rig:
     @property
     def card_key(self) -> bytes:
         return bytes.fromhex((self.workdir / "card.key").read_text().strip())
+
+    @property
+    def sam_masters(self) -> dict[int, bytes]:
+        """The union master keys by SAM slot (1: read key, 2: UID key), as the rig wrote them."""
+        raw = json.loads((self.workdir / SAM_KEY_FILE).read_text())
+        return {int(slot): bytes.fromhex(key) for slot, key in raw.items()}
+
+    def union_card(self, person: Person, **options: object) -> UnionCard:
+        """``person``'s union card, personalised from this rig's master keys."""
+        masters = self.sam_masters
+        return person.union_card(masters[1], masters[2], **options)
 
     async def __aenter__(self) -> "Rig":
         if self._own_pcscd:
@@ -143,7 +202,7 @@ class Rig:
         hw_stack = contextlib.AsyncExitStack()
         hardware = await hw_stack.enter_async_context(open_hardware(self.config))
         self.hardware = hardware
-        self.terminal = Terminal(self.config, hardware)
+        self.terminal = Terminal(self.config, hardware, **self.terminal_options)
         self.terminal.listeners.append(self._on_outcome)
         self._hw_stack = hw_stack
         self._task = asyncio.create_task(self.terminal.run(), name="terminal")
@@ -159,9 +218,17 @@ class Rig:
     async def stop_terminal(self) -> None:
         if self._task is not None:
             self.terminal.request_stop()
-            await asyncio.wait_for(self._task, 15)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 15)
+            except TimeoutError:
+                _dump_tasks("terminal did not stop within 15 s")
+                raise
             self._task = None
-            await self._hw_stack.aclose()
+            try:
+                await asyncio.wait_for(self._hw_stack.aclose(), 15)
+            except TimeoutError:
+                _dump_tasks("hardware did not close within 15 s")
+                raise
 
     async def __aexit__(self, *exc: object) -> None:
         try:
@@ -192,8 +259,7 @@ class Rig:
 
     async def tap(self, behaviour: CardBehaviour, timeout: float = 10.0) -> Outcome:
         """Place a card, wait for the terminal's decision, lift the card, wait until it is seen gone."""
-        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiters.append((len(self.outcomes) + 1, fut))
+        fut = self._next_outcome()
         card = self.card(behaviour)
         await asyncio.to_thread(card.place)
         try:
@@ -202,6 +268,18 @@ class Rig:
             await asyncio.to_thread(card.remove)
         await self.wait_card_gone()
         return outcome
+
+    async def scan(self, code: str | bytes, timeout: float = 10.0) -> Outcome:
+        """Show ``code`` to the QR scanner and wait for the terminal's decision."""
+        assert self.scanner is not None, "the rig runs without qr-ecard"
+        fut = self._next_outcome()
+        self.scanner.scan(code)
+        return await asyncio.wait_for(fut, timeout)
+
+    def _next_outcome(self) -> asyncio.Future[Outcome]:
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters.append((len(self.outcomes) + 1, fut))
+        return fut
 
     async def wait_card_gone(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -218,3 +296,12 @@ class Rig:
 
     def pin_history(self, name: str) -> list[bool]:
         return [bool(s.state) for s in self.pin(name).states]
+
+
+def _dump_tasks(why: str) -> None:
+    """Print every task's stack: a stop that hangs must say where, not just time out."""
+    import sys
+
+    print(f"--- {why}; asyncio tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)

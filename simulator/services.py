@@ -216,9 +216,12 @@ class Mosquitto(ManagedProcess):
         self.binary = binary
         persistence = "false"
         if self.persistent:  # sessions and queued QoS 1 messages survive a broker restart
-            store = self.workdir / "store"
-            store.mkdir(exist_ok=True)
-            os.chmod(store, 0o777)  # mosquitto drops root privileges to its own user
+            # mosquitto drops root privileges to its own user, which cannot enter a
+            # 0700 work folder (pytest's tmp_path is one): keep the store under /tmp.
+            if not hasattr(self, "store"):
+                self.store = Path(tempfile.mkdtemp(prefix="unionterm-mosquitto-store-"))
+                os.chmod(self.store, 0o777)
+            store = self.store
             persistence = f"true\npersistence_location {store}/"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                              f"persistence {persistence}\nlog_dest stdout\n{self.extra}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,21 +24,29 @@ from typing import Any
 
 from .bridge import LoopBridge
 from .cardref import card_ref
+from .commands import CommandProcessor
 from .config import Config
-from .exceptions import CardError, CardRemoved, MalformedResponse, StorageError, UniontermError
+from .config import load as load_config
+from .exceptions import CardError, CardRefused, CardRemoved, StorageError, UniontermError
 from .hardware import (CardChannel, CardGone, CardPresent, Hardware, InputEvent,
-                       ReaderState)
+                       InputKind, Inputs, ReaderState)
+from .identify import build as build_card_layer
 from .journal import Journal, Record, TxEntry
 from .members import Lookup, MemberStore
+from .membersync import MemberSync
 from .model import CardIdentity, Decision, Strength
-from .rules.access import decide_access
+from .modes import AccessMode, Entry, Mode, Ruling, build_mode
+from .rules.clock import Moment
+from .rules.door import DoorMode
+from .rules.membership import check_eligibility
+from .service_menu import SERVICE_DECISION, ServiceSession, is_service_card
+from .storage import StorageState, screen_text
+from .telemetry import ListInfo, Telemetry
 from .timesource import wall_clock
-from .ui import APPROVE, DENY, Screen, decision_screen, idle_screen, render, signal, text
+from .ui import APPROVE, DENY, Screen, decision_screen, render, signal, text
 from .uplink import Uplink
 
 log = logging.getLogger("unionterm.app")
-
-GET_UID = bytes.fromhex("FFCA000000")
 
 Identify = Callable[[CardChannel, bytes], Awaitable[CardIdentity]]
 
@@ -51,6 +60,12 @@ class Tap:
     identity: CardIdentity | None = None
     error: CardError | None = None
     read_at: float = 0.0
+
+    def fail(self, error: CardError) -> None:
+        """A refused card: a refused proof keeps what the card was taken for, for the journal."""
+        self.error = error
+        if isinstance(error, CardRefused):
+            self.identity = error.attempt
 
 
 @dataclass
@@ -80,30 +95,20 @@ def load_card_key(path: Path) -> bytes:
     return key
 
 
-def uid_identifier(card_key: bytes) -> Identify:
-    """The walking-skeleton profile: the PC/SC UID alone (weak: a UID can be copied)."""
-
-    async def identify(channel: CardChannel, atr: bytes) -> CardIdentity:
-        response = await channel.transmit(GET_UID)
-        sw = int.from_bytes(response[-2:], "big")
-        uid = response[:-2]
-        if sw != 0x9000 or not 4 <= len(uid) <= 10:
-            raise MalformedResponse(f"GET UID: status {sw:04X}, {len(uid)} bytes")
-        return CardIdentity("uid-legacy", card_ref(card_key, "uid", uid), Strength.WEAK)
-
-    return identify
-
-
 class Terminal:
     """One terminal: owns the journal, the member store and the uplink, drives the hardware."""
 
     def __init__(self, cfg: Config, hardware: Hardware, *, identify: Identify | None = None,
-                 clock: Callable[[], tuple[int, bool]] = wall_clock) -> None:
+                 clock: Callable[[], tuple[int, bool]] = wall_clock,
+                 mono: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.hw = hardware
         self.clock = clock
+        self.mono = mono  # [modes] carries trusted time across wall-clock steps; times the door
         self.card_key = load_card_key(cfg.config_path(cfg.members.card_key_file))
-        self.identify = identify or uid_identifier(self.card_key)
+        self.cards = build_card_layer(cfg, self.card_key, hardware.reader, known_ref=lambda ref: (
+            self.members is not None and self.members.lookup(ref).member is not None))
+        self.identify = identify or self.cards.identify
         self.lang = cfg.terminal.language
         self.members: MemberStore | None = None
         self.journal: Journal | None = None
@@ -111,7 +116,11 @@ class Terminal:
         self.listeners: list[Callable[[Outcome], None]] = []
         #: Long-running activities that plug in (member sync, telemetry, ECR link ...):
         #: each is called once the journal, store and uplink exist, and runs in the task group.
-        self.services: list[Callable[["Terminal"], Awaitable[None]]] = []
+        self.services: list[Callable[["Terminal"], Awaitable[None]]] = list(self.cards.services)
+        # [members] signed member-list sync (it also replaces list_versions once running)
+        self.sync = MemberSync(cfg) if cfg.sync.trusted_keys else None
+        if self.sync is not None:
+            self.services.append(self.sync.run)
         self.readers_online: set[str] = set()
         self.cards_present: dict[str, bool] = {}
         self.started = asyncio.Event()
@@ -120,6 +129,19 @@ class Terminal:
         self._stopping = asyncio.Event()
         self._busy = 0
         self._idle_task: asyncio.Task[None] | None = None
+        # [journal/uplink] remote-command state, and the hook telemetry reads list versions from
+        self.door_mode = DoorMode.NORMAL
+        self.sync_requested = asyncio.Event()
+        self.reload_requested = False
+        self.list_versions: Callable[[], dict[str, ListInfo]] = dict  # the member sync replaces this
+        self.commands: CommandProcessor | None = None
+        # [field ops] technician service mode, extra input devices (the keypad), watchdog health
+        self.service_session: ServiceSession | None = None
+        self._extra_inputs: list[Inputs] = []
+        self._reader_task: asyncio.Task[None] | None = None
+        # [modes] the mode's rules, screens and services (terminal/modes/)
+        self.mode: Mode = build_mode(self)
+        self.services += self.mode.services
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -129,25 +151,38 @@ class Terminal:
 
     async def run(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
-            self.members = MemberStore(self.cfg.state_path(self.cfg.members.db))
+            self.members = MemberStore(self.cfg.state_path(self.cfg.members.db),
+                                       self.cfg.sync.scopes if self.sync else None)
             stack.callback(self.members.close)
             self.journal = await stack.enter_async_context(
-                Journal(self.cfg.state_path(self.cfg.journal.db), self.cfg.terminal.id, self.clock))
-            self.uplink = Uplink(self.cfg, self.journal, self._status)
+                Journal(self.cfg.state_path(self.cfg.journal.db), self.cfg.terminal.id, self.clock,
+                        self.cfg.journal))
+            # [journal/uplink] storage state on screen; telemetry; signed commands
+            self.journal.listeners.append(lambda state: self.show(self._idle_screen()))
+            telemetry = Telemetry(self.cfg.terminal.id, self.journal, lambda: self.readers_online,
+                                  lambda: self.list_versions(), lambda: {"door_mode": self.door_mode.value})
+            self.uplink = Uplink(self.cfg, self.journal, self._status, telemetry.payload)
+            await stack.enter_async_context(self.mode.running())  # [modes] counters caught up with the journal
+            self.commands = CommandProcessor(self.cfg, self.journal, self, self.uplink)
+            await self.commands.start()
             self._inputs = LoopBridge()
             if self.hw.inputs is not None:
                 self.hw.inputs.start(self._inputs.put_threadsafe)
-            self.show(idle_screen(self.lang, self.cfg.terminal.id))
+            for extra in self._extra_inputs:
+                extra.start(self._inputs.put_threadsafe)
+            self.show(self._idle_screen())
             log.info("event=terminal_started id=%s mode=%s members=%d",
                      self.cfg.terminal.id, self.cfg.terminal.mode, self.members.count())
             self.started.set()
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._read_loop(tg), name="cards")
+                    self._reader_task = tg.create_task(self._read_loop(tg), name="cards")
                     tg.create_task(self._decide_loop(), name="decide")
                     tg.create_task(self._input_loop(), name="inputs")
                     tg.create_task(self.uplink.run(), name="uplink")
                     tg.create_task(self._stop_when_asked(), name="stop")
+                    if self.cfg.simulator.tap_fifo:  # [journal/uplink] test-only tap source
+                        tg.create_task(self._fifo_taps(self.cfg.simulator.tap_fifo), name="tap-fifo")
                     for service in self.services:
                         tg.create_task(service(self), name=getattr(service, "__name__", "service"))
             except* _Stopped:
@@ -162,7 +197,8 @@ class Terminal:
         raise _Stopped
 
     def _status(self) -> dict[str, Any]:
-        return {"readers": sorted(self.readers_online)}
+        return {"readers": sorted(self.readers_online), "door_mode": self.door_mode.value,
+                "lists": {scope: info.version for scope, info in self.list_versions().items()}}
 
     # -- stage 1: read cards as they arrive ----------------------------------------------------
 
@@ -188,16 +224,33 @@ class Terminal:
     async def _read_card(self, event: CardPresent) -> None:
         tap = Tap(event.reader, event.detected_at)
         try:
-            async with self.hw.reader.connect(event.reader) as channel:
-                tap.identity = await self.identify(channel, event.atr)
+            exchange = getattr(self.hw.reader, "exchange", None)
+            if exchange is not None and getattr(self.identify, "inline", False):
+                # the whole exchange on the reader's thread: one hop per tap, not one per APDU
+                tap.identity = await exchange(event.reader, lambda ch: self.identify(ch, event.atr))
+            else:
+                async with self.hw.reader.connect(event.reader) as channel:
+                    tap.identity = await self.identify(channel, event.atr)
         except CardRemoved as exc:
             log.info("event=card_removed_early reader=%r detail=%r", event.reader, str(exc))
             self._busy -= 1
             return
         except CardError as exc:
-            tap.error = exc
+            tap.fail(exc)
         tap.read_at = time.perf_counter()
         self._taps.put_nowait(tap)  # _busy is released by the decision stage
+
+    def submit_identity(self, reader: str, result: CardIdentity | CardError, detected_at: float) -> bool:
+        """Queue a tap identified outside the card readers (the QR scanner); False once stopping."""
+        if self._stopping.is_set():
+            return False
+        tap = Tap(reader, detected_at, read_at=time.perf_counter())
+        if isinstance(result, CardError):
+            tap.fail(result)
+        else:
+            tap.identity = result
+        self.submit(tap)
+        return True
 
     # -- stage 2: decide, journal, act ----------------------------------------------------------
 
@@ -213,25 +266,39 @@ class Terminal:
             finally:
                 self._busy -= 1
 
-    def decide(self, tap: Tap, now_s: int) -> tuple[Decision, Lookup | None]:
-        """Pure part of a tap: eligibility and the mode's rule."""
+    def decide(self, tap: Tap, moment: Moment, entry: Entry = Entry()) -> tuple[Ruling, Lookup | None]:
+        """Pure part of a tap: eligibility, then the mode's rule ([modes]), at trusted time ``moment``."""
         if tap.error is not None:
-            return Decision.deny(tap.error.reason), None
+            return Ruling(Decision.deny(tap.error.reason)), None
         assert tap.identity is not None
         lookup = self.members.lookup(tap.identity.card_ref) if self.members else Lookup(None, False)
-        decision = decide_access(lookup.member, lookup.hot, now_s, self.cfg.access.pulse_ms)
-        return decision, lookup
+        denied = check_eligibility(lookup.member, lookup.hot, moment.now)
+        if denied is not None or lookup.member is None:
+            ruling = self.mode.refuse(denied or Decision.deny("unknown_card"))
+        else:
+            ruling = self.mode.decide(lookup.member, moment, entry)
+        if self.sync is not None:  # [members] no value on a list older than the mode allows
+            ruling = ruling.gated(self.sync.gate(ruling.decision, moment.now))
+        return ruling, lookup
 
     async def _serve(self, tap: Tap) -> None:
         assert self.journal is not None
-        wall_ms, _ok = self.clock()
-        decision, lookup = self.decide(tap, wall_ms // 1000)
+        moment = self.mode.time.now()
+        ruling, lookup = self.decide(tap, moment)
         decided_at = time.perf_counter()
+        if lookup is not None and is_service_card(lookup.member, lookup.hot, moment.now):
+            await self._service_mode(tap, lookup, decided_at)  # [field ops]
+            return
+        typed = await self.mode.ask(ruling)  # [modes] the PIN pad, when the rule asked for a PIN
+        if typed is not None:
+            ruling, lookup = self.decide(tap, self.mode.time.now(), typed)
+            decided_at = time.perf_counter()
+        decision = ruling.decision
         member = lookup.member if lookup else None
         identity = tap.identity
         entry = TxEntry(
             mode=self.cfg.terminal.mode,
-            kind="tap",
+            kind=ruling.kind,  # [modes] a tap, a sale void, a door-state change; the rule's detail and counters
             decision=decision.verdict.value,
             reason=decision.reason,
             card_ref=identity.card_ref.hex() if identity else "",
@@ -241,15 +308,19 @@ class Terminal:
             amount_fen=decision.amount_fen,
             subsidy_fen=decision.subsidy_fen,
             to_pay_fen=decision.to_pay_fen,
+            grants_value=decision.grants_value,
+            detail=ruling.journal_detail(),
         )
-        record = await self.journal.append(entry)  # committed before anything is granted or shown
+        try:
+            record = await self.mode.journal(entry, ruling)  # committed before anything is granted or shown
+        except StorageError as exc:  # [journal/uplink] nothing granted without its record; keep serving
+            refused = self._unrecorded(tap, decision, lookup, decided_at, exc)
+            self.mode.unrecorded(ruling, refused)  # [modes] answer a waiting cash register
+            return
         committed_at = time.perf_counter()
-        if decision.approved:
-            self.hw.outputs.pulse_relay(self.cfg.access.pulse_ms / 1000)
-            signal(self.hw.outputs, APPROVE)
-        else:
-            signal(self.hw.outputs, DENY)
-        self.show(decision_screen(self.lang, decision, member), hold_s=3.0)
+        await self.mode.act(ruling, record)  # [modes] the door opens, the cash register gets its reply
+        signal(self.hw.outputs, APPROVE if decision.approved else DENY)
+        self.show(self.mode.screen(ruling, member), hold_s=3.0)
         outcome = Outcome(tap, decision, lookup, record, decided_at, committed_at, {
             "read": (tap.read_at - tap.detected_at) * 1000,
             "decide": (decided_at - tap.detected_at) * 1000,
@@ -266,7 +337,15 @@ class Terminal:
     async def _input_loop(self) -> None:
         assert self._inputs is not None
         async for event in self._inputs:
-            log.info("event=input kind=%s active=%s key=%s", event.kind.value, event.active, event.key or "-")
+            if event.kind is InputKind.KEY:  # [field ops] keys belong to service mode; never logged (PINs)
+                session = self.service_session
+                if session is not None and event.active:
+                    session.keys.put_nowait(event.key)
+                elif session is None and event.active:
+                    self.mode.on_input(event)  # [modes] PIN pad, keyed amounts, void, door states
+                continue
+            log.info("event=input kind=%s active=%s", event.kind.value, event.active)
+            self.mode.on_input(event)  # [modes] door contact and exit button
 
     # -- screen ----------------------------------------------------------------------------------
 
@@ -285,7 +364,127 @@ class Terminal:
         await asyncio.sleep(after)
         self._idle_task = None
         if not self._stopping.is_set():
-            self.show(idle_screen(self.lang, self.cfg.terminal.id))
+            self.show(self._idle_screen())
+
+    # -- [journal/uplink] storage trouble, remote commands (terminal.commands.CommandTarget) ------
+
+    def _idle_screen(self) -> Screen:
+        state = self.journal.state if self.journal else StorageState.OK
+        screen = self.mode.idle_screen(screen_text(state, self.lang))  # [modes] sale waiting, meal count, door
+        return Screen(screen.headline, screen.lines, alert=screen.alert or not state.accepts_value)
+
+    def show_idle(self, force: bool = True) -> None:
+        """[modes] Redraw the idle screen now; without ``force``, not over a result still being shown."""
+        if force or self._idle_task is None:
+            self.show(self._idle_screen())
+
+    @property
+    def keypad_present(self) -> bool:
+        """[modes] Can the member type a PIN here (a configured or attached keypad)?"""
+        return self.cfg.keypad.driver != "none" or bool(self._extra_inputs)
+
+    def _unrecorded(self, tap: Tap, decision: Decision, lookup: Lookup | None, decided_at: float,
+                    exc: StorageError) -> Decision:
+        """The journal refused the record: deny (a denial keeps its reason), say why, tell listeners."""
+        state = self.journal.state if self.journal else StorageState.FAILED
+        refused = Decision.deny(state.value) if decision.approved else decision
+        log.error("event=tap_unrecorded reader=%r decision=%s reason=%s storage=%s error=%r",
+                  tap.reader, refused.verdict.value, refused.reason, state.value, str(exc))
+        signal(self.hw.outputs, DENY)
+        if decision.approved:
+            line = screen_text(state, self.lang) or text(self.lang, "storage_error")
+            self.show(Screen(text(self.lang, "denied"), (line,), alert=True), hold_s=3.0)
+        else:
+            self.show(decision_screen(self.lang, decision, lookup.member if lookup else None), hold_s=3.0)
+        outcome = Outcome(tap, refused, lookup, None, decided_at, time.perf_counter())
+        for listener in self.listeners:
+            listener(outcome)
+        return refused
+
+    def submit(self, tap: Tap) -> None:
+        """Queue a read card for its decision (the card stage, the FIFO, tests and benches)."""
+        self._busy += 1
+        self._taps.put_nowait(tap)
+
+    async def _fifo_taps(self, path: str) -> None:
+        """``[simulator] tap_fifo``: each line a hex UID, served as a UID card tapped on "fifo"."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # RDWR: writers may come and go without EOF
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(fd, "rb", buffering=0))
+        try:
+            while line := await reader.readline():
+                try:
+                    uid = bytes.fromhex(line.decode("ascii").strip())
+                except (UnicodeDecodeError, ValueError):
+                    log.warning("event=fifo_tap_refused line=%r", line[:40])
+                    continue
+                identity = CardIdentity("uid-legacy", card_ref(self.card_key, "uid", uid), Strength.WEAK)
+                now = time.perf_counter()
+                self.submit(Tap("fifo", now, identity, read_at=now))
+        finally:
+            transport.close()
+
+    def open_door_once(self) -> None:
+        if not isinstance(self.mode, AccessMode):
+            raise UniontermError(f"open_door: a {self.cfg.terminal.mode} terminal has no door")
+        self.mode.release("command")  # [modes] the lock honours the door's failure mode
+        signal(self.hw.outputs, APPROVE)
+
+    def set_door_mode(self, mode: DoorMode) -> None:
+        if not isinstance(self.mode, AccessMode) and mode is not DoorMode.NORMAL:
+            raise UniontermError(f"{mode.value}: a {self.cfg.terminal.mode} terminal has no door")
+        self.door_mode = mode
+        if isinstance(self.mode, AccessMode):
+            self.mode.door_mode_changed()  # [modes] relay level from lock_released/relay_energised
+        if self.commands is not None:  # [journal/uplink] survives a restart, shown in presence
+            self.commands.remember_door_mode(mode)
+
+    def sync_now(self) -> None:
+        self.sync_requested.set()
+
+    def reload_config(self) -> Callable[[], None]:
+        """Validate the file; once reported, stop so a fresh start loads it (cli/systemd)."""
+        load_config(self.cfg.source)  # ConfigError refuses the command and keeps the running config
+
+        def apply() -> None:
+            self.reload_requested = True
+            self.request_stop()
+        return apply
+
+    def show_message(self, message: str, seconds: float) -> None:
+        self.show(Screen(message, (self.cfg.terminal.id,)), hold_s=seconds)
+
+    # -- [field ops] watchdog health, extra inputs, technician service mode -------------------------
+
+    def healthy(self) -> bool:
+        """What the systemd watchdog vouches for: the card task runs and the journal can still write."""
+        reader_alive = self._reader_task is not None and not self._reader_task.done()
+        writable = self.journal is not None and self.journal.state not in (StorageState.READ_ONLY,
+                                                                           StorageState.FAILED)
+        return reader_alive and writable
+
+    def attach_inputs(self, inputs: Inputs) -> None:
+        """Deliver another device's events (the keypad) to the input loop, from now or from start."""
+        self._extra_inputs.append(inputs)
+        if self._inputs is not None:
+            inputs.start(self._inputs.put_threadsafe)
+
+    async def _service_mode(self, tap: Tap, lookup: Lookup, decided_at: float) -> None:
+        """A technician's card: journal the entry, tell listeners, run the menu; later taps wait their turn."""
+        assert lookup.member is not None
+        session = ServiceSession(self, lookup.member, tap.identity, tap.reader)
+        record = await session.enter()  # a StorageError refuses it like any tap that cannot be recorded
+        outcome = Outcome(tap, SERVICE_DECISION, lookup, record, decided_at, time.perf_counter())
+        for listener in self.listeners:
+            listener(outcome)
+        self.service_session = session
+        try:
+            await session.run(self._stopping)
+        finally:
+            self.service_session = None
+            self.show(self._idle_screen())
 
 
 class _Stopped(Exception):

@@ -7,6 +7,8 @@ message or a frame, and anything else is a bug that deserves a traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 
 class UniontermError(Exception):
     """Root of every deliberate unionterm error."""
@@ -118,3 +120,26 @@ class ImportRejected(UniontermError):
         line, column, problem = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         super().__init__(f"{source}: line {line}, column {column}: {problem}{more}")
+
+
+if TYPE_CHECKING:  # only for the annotation below; model imports nothing from here
+    from .model import CardIdentity
+
+
+class CardRefused(CardError):
+    """A card the card layer refused, with what the card was taken for.
+
+    ``attempt`` (a :class:`terminal.model.CardIdentity`) names the profile whose
+    proof failed, the strength that profile stands for and, where one was read,
+    the card_ref, so the journal tells a cloned UID from a failed DESFire
+    authentication or a replayed QR token. ``reason`` is the cause's reason.
+    """
+
+    def __init__(self, cause: CardError, attempt: "CardIdentity") -> None:
+        super().__init__(str(cause))
+        self.reason = cause.reason
+        self.attempt = attempt
+
+
+class ActionRefused(UniontermError):
+    """A simulator workbench request that cannot be carried out now; the message is shown to the person."""

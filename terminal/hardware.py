@@ -74,6 +74,10 @@ class CardReader(Protocol):
         """Open the card on ``reader``; the handle is released on exit, always."""
         ...
 
+    # Optional: ``async exchange(reader, work) -> T`` runs ``work(channel)`` to its end
+    # on the reader's own thread (one thread hop per tap). Only for work that waits on
+    # nothing but the card; the app uses it when its Identify says ``inline``.
+
 
 class AsyncIteratorLike(Protocol):
     def __aiter__(self) -> "AsyncIteratorLike": ...

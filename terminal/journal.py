@@ -8,22 +8,54 @@ is detectable by whoever holds the chain (the back office).
 
 SQLite connections are bound to one thread, so all journal I/O runs on one
 dedicated worker thread; the loop awaits it and never blocks on ``fsync``.
+The uplink shares that thread with the tap path, so it asks for small slices
+(a few dozen rows) and an append never waits behind more than one of them.
+
+Delivery state is two watermarks, not per-row flags: ``published`` (the
+broker acknowledged every record up to here) and ``acked`` (the back office
+stored every record up to here). Records are sent in order, so a watermark
+says everything a flag per row would, for one tiny write instead of one per
+record. Neither watermark needs ``fsync``: losing one only means records are
+sent again, and the back office de-duplicates by (terminal, seq).
+
+The file is checked (``PRAGMA integrity_check``) at every start. A corrupt
+file is moved aside, never deleted, and a fresh journal continues the
+sequence and the chain from the last record known, read from the corrupt
+file if it still can be, else from a small sidecar (``<db>.head``) rewritten
+after every commit. A journal that stops being writable (disk full, file
+system read-only) does not stop the terminal: the failure is classified
+(:mod:`terminal.storage`), value-granting taps are refused, and a background
+task probes until the storage is back.
+
+Space: ``auto_vacuum=INCREMENTAL``. Pruned rows free pages that later inserts
+reuse, and ``PRAGMA incremental_vacuum`` after each pruning pass hands the
+free pages at the end of the file back to the file system, so a terminal
+recovering from a full disk gets its space back without a full ``VACUUM``
+(which would need as much free space again as the file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import hashlib
 import json
 import logging
+import os
 import sqlite3
+import time
 import uuid
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
+from .config import JournalSection
 from .exceptions import StorageError
+from .storage import StorageState, classify, disk_free, fsync_path, probe_directory
 
 log = logging.getLogger("unionterm.journal")
 
@@ -31,21 +63,41 @@ T = TypeVar("T")
 
 GENESIS = "0" * 64
 
+#: Kind of the record a fresh journal starts with after its predecessor was lost.
+KIND_RESET = "journal_reset"
+
+#: Rows deleted per pruning transaction: small, so a tap never waits long behind one.
+PRUNE_BATCH = 1000
+#: Pages handed back to the file system per ``incremental_vacuum`` call.
+VACUUM_PAGES = 2048
+#: How often acknowledged rows past their retention are looked for.
+PRUNE_EVERY_S = 600.0
+#: An append in a degraded state re-probes the storage at most this often.
+INLINE_PROBE_S = 0.5
+WAL_SIZE_LIMIT = 4 << 20
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tx (
     seq INTEGER PRIMARY KEY,
     body TEXT NOT NULL,
     hash TEXT NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0,
-    acked INTEGER NOT NULL DEFAULT 0
+    at_ms INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS tx_unpublished ON tx(published) WHERE published = 0;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 """
+
+#: SQLite primary result codes that mean the file itself is damaged.
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
 @dataclass(frozen=True)
 class TxEntry:
-    """What the app asks the journal to record; the journal adds sequence, ids and chain."""
+    """What the app asks the journal to record; the journal adds sequence, ids and chain.
+
+    ``grants_value`` marks a record whose decision hands something out (door
+    opened, subsidy paid): those are refused when storage is degraded, while
+    refusals may still be written into the capacity reserve.
+    """
 
     mode: str
     kind: str
@@ -58,6 +110,7 @@ class TxEntry:
     amount_fen: int = 0
     subsidy_fen: int = 0
     to_pay_fen: int = 0
+    grants_value: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +127,43 @@ class Record:
         return json.loads(self.body)
 
 
+class AckResult(enum.Enum):
+    """What a back-office acknowledgement did; only ACCEPTED changes anything."""
+
+    ACCEPTED = "accepted"
+    #: Equal to the current watermark: a repeat.
+    DUPLICATE = "duplicate"
+    #: Below the current watermark: old or out of order.
+    STALE = "stale"
+    #: No such record here (beyond the last one, or the file was replaced).
+    UNKNOWN = "unknown"
+    #: The record exists but its hash differs: the acknowledger holds another chain.
+    MISMATCH = "mismatch"
+
+
+@dataclass(frozen=True)
+class JournalStats:
+    """Queue and storage figures for telemetry; ages are 0 when nothing waits."""
+
+    last_seq: int
+    published_seq: int
+    acked_seq: int
+    rows: int
+    capacity: int
+    oldest_unpublished_ms: int
+    oldest_unacked_ms: int
+    state: StorageState
+    disk_free: int
+
+    @property
+    def unpublished(self) -> int:
+        return self.last_seq - self.published_seq
+
+    @property
+    def unacked(self) -> int:
+        return self.last_seq - self.acked_seq
+
+
 def chain_hash(prev_hash: str, body: str) -> str:
     """The link of the hash chain: SHA-256 over the previous hash and this body."""
     return hashlib.sha256(prev_hash.encode() + b"\n" + body.encode()).hexdigest()
@@ -84,108 +174,710 @@ def canonical(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
+# -- the sidecar -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Head:
+    """The last record's sequence number and hash, and whose journal it is."""
+
+    seq: int
+    hash: str
+    terminal: str
+
+
+class HeadFile:
+    """``<db>.head``: the chain's head, readable when the database is not.
+
+    One fixed-size block overwritten in place after every commit (a single
+    ``pwrite`` that ``kill -9`` cannot tear), carrying a CRC so a block torn
+    by a power cut is recognised and ignored rather than trusted. It is
+    flushed with ``fdatasync`` right after the commit, off the tap's path.
+    """
+
+    SIZE = 256
+    MAGIC = "UTJH1"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._failed = False
+
+    @classmethod
+    def encode(cls, head: Head) -> bytes:
+        core = f"{head.seq} {head.hash} {head.terminal}"
+        line = f"{cls.MAGIC} {zlib.crc32(core.encode()):08x} {core}"
+        return line.encode().ljust(cls.SIZE - 1, b" ") + b"\n"
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Head | None:
+        try:
+            magic, crc, seq, digest, terminal = raw.decode("ascii").split(maxsplit=4)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        terminal = terminal.rstrip()
+        core = f"{seq} {digest} {terminal}"
+        if magic != cls.MAGIC or crc != f"{zlib.crc32(core.encode()):08x}" or not seq.isdigit():
+            return None
+        return Head(int(seq), digest, terminal)
+
+    def read(self) -> Head | None:
+        try:
+            return self.decode(self.path.read_bytes()[: self.SIZE])
+        except OSError:
+            return None
+
+    def write(self, head: Head) -> None:
+        """Best effort: the sidecar must never cost a tap; a failure is logged once."""
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(self._fd, self.encode(head), 0)
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:
+                log.warning("event=journal_head_write_failed path=%s error=%r", self.path, str(exc))
+            self._failed = True
+            self.close()
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where a fresh journal continues after its predecessor was lost, and why."""
+
+    seq: int
+    hash: str
+    reason: str
+    detail: dict[str, Any]
+
+
+class _Corrupt(Exception):
+    """The database file is damaged (or belongs to another terminal): move it aside."""
+
+
+# -- the journal -------------------------------------------------------------------------
+
+
 class Journal:
     """Durable, ordered, hash-chained transaction log for one terminal."""
 
-    def __init__(self, path: str | Path, terminal_id: str, clock: Callable[[], tuple[int, bool]]) -> None:
+    def __init__(self, path: str | Path, terminal_id: str, clock: Callable[[], tuple[int, bool]],
+                 settings: JournalSection | None = None) -> None:
         self.path = Path(path)
         self.terminal_id = terminal_id
+        self.settings = settings or JournalSection()
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._conn: sqlite3.Connection | None = None
+        self._head = HeadFile(Path(f"{self.path}.head"))
+        self._head_sync_pending = False
         self._last_seq = 0
         self._last_hash = GENESIS
+        self._rows = 0
+        self._published = 0
+        self._acked = 0
+        self._fault: StorageState | None = None
+        self._last_probe = 0.0
+        self._announced = StorageState.OK
+        self._maintainer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._checked: tuple[int, int] | None = None
         self.appended = asyncio.Event()
+        self.acked = asyncio.Event()
+        #: Called on the loop with the new state whenever it changes.
+        self.listeners: list[Callable[[StorageState], None]] = []
+        warn = self.settings.warn_at or self.settings.capacity * 4 // 5
+        self._warn_at = min(warn, self.settings.capacity)
+        self._reserve = max(10, self.settings.capacity // 100)
 
     async def __aenter__(self) -> "Journal":
         await self._run(self._open)
+        self._maintainer = asyncio.get_running_loop().create_task(self._maintain(), name="journal")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
         await self._run(self._close)
         self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._announce()
 
-    # -- worker-thread side ------------------------------------------------------------
+    def _announce(self) -> None:
+        state = self.state
+        if state is self._announced or self._closed:
+            return
+        previous, self._announced = self._announced, state
+        level = logging.INFO if state.accepts_value else logging.ERROR
+        log.log(level, "event=journal_state state=%s previous=%s rows=%d last_seq=%d",
+                state.value, previous.value, self._rows, self._last_seq)
+        for listener in list(self.listeners):
+            listener(state)
+
+    # -- worker-thread side: opening ------------------------------------------------------
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT seq, hash FROM tx ORDER BY seq DESC LIMIT 1").fetchone()
-        if row:
-            self._last_seq, self._last_hash = row
-        self._conn = conn
-        log.info("event=journal_open path=%s last_seq=%d", self.path, self._last_seq)
+        self._close_conn()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            head = self._head.read()
+            if head is not None and head.terminal != self.terminal_id:
+                head = None
+            resume: _Resume | None = None
+            if self.path.exists() and self._checked != _file_id(self.path):
+                try:
+                    self._check_file()
+                    # Retried every probe while the disk is read-only: check an unchanged file once.
+                    self._checked = _file_id(self.path)
+                except _Corrupt as exc:
+                    resume = self._move_aside(str(exc), head)
+            self._conn = self._connect()
+            self._load()
+            if resume is None and head is not None and head.seq > self._last_seq:
+                # Committed records are gone although the file checks out (restored
+                # from a backup, WAL deleted): never hand their numbers out again.
+                log.error("event=journal_behind_head db_seq=%d head_seq=%d", self._last_seq, head.seq)
+                resume = _Resume(head.seq, head.hash, "behind_head", {"db_seq": self._last_seq})
+            if resume is not None:
+                self._write_reset(resume)
+            # A real write: SQLite opens a file on a read-only file system without complaint.
+            self._store_meta({"opened": int(time.time())}, durable=True)
+            self._head.write(Head(self._last_seq, self._last_hash, self.terminal_id))
+            self._fault = None
+            self._checked = None
+            self._refresh_fault()
+            log.info("event=journal_open path=%s last_seq=%d rows=%d published=%d acked=%d",
+                     self.path, self._last_seq, self._rows, self._published, self._acked)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc, "open")
 
-    def _close(self) -> None:
+    def _check_file(self) -> None:
+        """Raise :class:`_Corrupt` for a damaged or foreign file; I/O trouble propagates."""
+        conn = None
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+            if rows != [("ok",)]:
+                raise _Corrupt(f"integrity_check: {'; '.join(str(r[0]) for r in rows[:3])}")
+            owner = None
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                owner = conn.execute("SELECT v FROM meta WHERE k = 'terminal'").fetchone()
+            if owner is not None and owner[0] != self.terminal_id:
+                raise _Corrupt(f"foreign: journal of terminal {owner[0]!r}")
+        except sqlite3.DatabaseError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT_CODES:
+                raise _Corrupt(f"unreadable: {exc}") from None
+            raise
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _salvage(self, source: Path) -> Head | None:
+        """The last record still readable in a moved-aside file, if any."""
+        try:
+            conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+            try:
+                seq, digest = conn.execute("SELECT seq, hash FROM tx ORDER BY seq DESC LIMIT 1").fetchone()
+                owner = conn.execute("SELECT v FROM meta WHERE k = 'terminal'").fetchone()
+            finally:
+                conn.close()
+        except (sqlite3.Error, TypeError):
+            return None
+        if owner is not None and owner[0] != self.terminal_id:
+            return None
+        return Head(int(seq), str(digest), self.terminal_id)
+
+    def _move_aside(self, problem: str, head: Head | None) -> _Resume | None:
+        kind = "foreign" if problem.startswith("foreign") else "corrupt"
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{aside}{suffix}"))
+        fsync_path(self.path.parent)
+        log.error("event=journal_moved_aside problem=%r moved_to=%s", problem, aside.name)
+        salvaged = self._salvage(aside)
+        best = max((h for h in (salvaged, head) if h is not None), key=lambda h: h.seq, default=None)
+        detail = {"moved_to": aside.name, "problem": problem[:200],
+                  "salvaged_seq": salvaged.seq if salvaged else 0, "head_seq": head.seq if head else 0}
+        if best is None:
+            if kind == "foreign":
+                return None  # this terminal never wrote a record: a fresh start at 1 is right
+            log.critical("event=journal_head_unknown moved_to=%s", aside.name)
+            return _Resume(0, GENESIS, "corrupt_head_unknown", detail)
+        return _Resume(best.seq, best.hash, kind, detail)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            fresh = conn.execute("PRAGMA page_count").fetchone()[0] == 0
+            if fresh:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(tx)")}
+            if "published" in columns:  # a walking-skeleton journal: carry its flag over once
+                self._migrate_flags(conn)
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                conn.execute("VACUUM")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _migrate_flags(conn: sqlite3.Connection) -> None:
+        if conn.execute("SELECT 1 FROM meta WHERE k = 'published'").fetchone():
+            return
+        row = conn.execute("SELECT min(seq) - 1 FROM tx WHERE published = 0").fetchone()
+        upto = row[0] if row[0] is not None else conn.execute("SELECT coalesce(max(seq), 0) FROM tx").fetchone()[0]
+        conn.execute("INSERT INTO meta (k, v) VALUES ('published', ?)", (upto,))
+
+    def _load(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        row = conn.execute("SELECT seq, hash FROM tx ORDER BY seq DESC LIMIT 1").fetchone()
+        self._last_seq, self._last_hash = row if row else (0, GENESIS)
+        self._rows = conn.execute("SELECT count(*) FROM tx").fetchone()[0]
+        meta = dict(conn.execute("SELECT k, v FROM meta").fetchall())
+        if "terminal" not in meta:
+            conn.execute("INSERT INTO meta (k, v) VALUES ('terminal', ?)", (self.terminal_id,))
+        self._published = min(int(meta.get("published", 0)), self._last_seq)
+        self._acked = min(int(meta.get("acked", 0)), self._last_seq)
+        self._published = max(self._published, self._acked)
+
+    def _write_reset(self, resume: _Resume) -> None:
+        """First record of a fresh journal: where it resumes and what was lost."""
+        fresh = self._rows == 0
+        self._last_seq, self._last_hash = resume.seq, resume.hash
+        entry = TxEntry(mode="system", kind=KIND_RESET, decision="none", reason=resume.reason,
+                        detail={**resume.detail, "resumed_after": resume.seq})
+        if fresh:  # nothing below the reset record lives in this file
+            self._published = self._acked = resume.seq
+            self._store_meta({"published": resume.seq, "acked": resume.seq}, durable=True)
+        self._commit([entry], None)
+        log.error("event=journal_reset reason=%s resumed_after=%d", resume.reason, resume.seq)
+
+    # -- worker-thread side: writing ------------------------------------------------------
+
+    def _close_conn(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
             self._conn = None
 
-    def _append(self, entry: TxEntry) -> Record:
-        assert self._conn is not None
-        wall_ms, clock_ok = self._clock()
-        seq = self._last_seq + 1
-        body_obj = {
-            "terminal": self.terminal_id,
-            "seq": seq,
-            "txid": str(uuid.uuid4()),
-            "time_ms": wall_ms,
-            "clock_ok": clock_ok,
-            "prev_hash": self._last_hash,
-            **asdict(entry),
-        }
-        body = canonical(body_obj)
-        digest = chain_hash(self._last_hash, body)
-        try:
-            self._conn.execute("INSERT INTO tx (seq, body, hash) VALUES (?, ?, ?)", (seq, body, digest))
-        except sqlite3.Error as exc:
-            raise StorageError(f"journal append failed: {exc}") from exc
-        self._last_seq, self._last_hash = seq, digest
-        return Record(seq, body, digest)
+    def _close(self) -> None:
+        self._closed = True
+        self._close_conn()
+        self._head.sync()
+        self._head.close()
 
-    def _unpublished(self, after: int, limit: int) -> list[Record]:
+    def _fail(self, exc: BaseException, during: str) -> None:
+        """Classify a storage failure; let go of the files unless the disk is merely full."""
+        state = classify(exc, self.path.parent)
+        if state is not self._fault:
+            log.error("event=journal_storage_error during=%s state=%s error=%r", during, state.value, str(exc))
+        self._fault = state
+        if state is not StorageState.DISK_FULL:
+            # Drop every handle: a read-only or failing file system can then be
+            # unmounted, checked and mounted again, and we reopen (and re-check) it.
+            self._close_conn()
+            self._head.close()
+
+    def _refresh_fault(self) -> None:
+        """Keep the preemptive "disk nearly full" refusal in step with free space."""
+        if self._fault in (None, StorageState.DISK_FULL) and self.settings.min_free_kb:
+            free = disk_free(self.path.parent)
+            low = 0 <= free < self.settings.min_free_kb * 1024
+            if low:
+                self._fault = StorageState.DISK_FULL
+
+    def _recover(self) -> None:
+        """Probe a degraded journal; clear the fault when a real write succeeds again."""
+        self._last_probe = time.monotonic()
+        if self._conn is None:
+            self._open()
+            return
+        min_free = self.settings.min_free_kb * 1024
+        state = probe_directory(self.path.parent, min_free)
+        if state is not StorageState.OK:
+            if state is not self._fault:
+                log.warning("event=journal_probe state=%s", state.value)
+            self._fault = state
+            return
+        try:
+            self._store_meta({"probe": int(time.time())}, durable=True)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc, "probe")
+            return
+        self._fault = None
+        self._make_room(self._rows - self._warn_at)
+
+    def _admit(self, entries: Sequence[TxEntry]) -> None:
+        """Refuse before writing anything when a record may not be added now."""
+        if self._fault is not None and time.monotonic() - self._last_probe >= INLINE_PROBE_S:
+            self._recover()
+        if self._conn is None or self._fault in (StorageState.READ_ONLY, StorageState.FAILED):
+            raise StorageError(f"journal unavailable: {(self._fault or StorageState.FAILED).value}")
+        value = any(e.grants_value for e in entries)
+        if value:
+            self._refresh_fault()
+            if self._fault is StorageState.DISK_FULL:
+                raise StorageError("journal refuses value: disk full")
+        after = self._rows + len(entries)
+        if after > self.settings.capacity:
+            self._make_room(min(after - self.settings.capacity, 100))
+            after = self._rows + len(entries)
+        if after > self.settings.capacity and (value or after > self.settings.capacity + self._reserve):
+            raise StorageError(f"journal full: {self._rows} rows, capacity {self.settings.capacity}")
+
+    def _commit(self, entries: Sequence[TxEntry], also: Callable[[sqlite3.Connection], None] | None
+                ) -> list[Record]:
+        conn = self._conn
+        assert conn is not None
+        wall_ms, clock_ok = self._clock()
+        seq, prev = self._last_seq, self._last_hash
+        records: list[Record] = []
+        rows: list[tuple[int, str, str, int]] = []
+        for entry in entries:
+            seq += 1
+            body = canonical({
+                "terminal": self.terminal_id,
+                "seq": seq,
+                "txid": str(uuid.uuid4()),
+                "time_ms": wall_ms,
+                "clock_ok": clock_ok,
+                "prev_hash": prev,
+                **asdict(entry),
+            })
+            prev = chain_hash(prev, body)
+            records.append(Record(seq, body, prev))
+            rows.append((seq, body, prev, wall_ms))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO tx (seq, body, hash, at_ms) VALUES (?, ?, ?, ?)", rows)
+            if also is not None:
+                also(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        self._last_seq, self._last_hash = seq, prev
+        self._rows += len(rows)
+        self._head.write(Head(seq, prev, self.terminal_id))
+        if not self._head_sync_pending:
+            self._head_sync_pending = True
+            self._pool.submit(self._sync_head)
+        return records
+
+    def _sync_head(self) -> None:
+        self._head_sync_pending = False
+        self._head.sync()
+
+    def _append(self, entries: Sequence[TxEntry], also: Callable[[sqlite3.Connection], None] | None
+                ) -> list[Record]:
+        self._admit(entries)
+        try:
+            return self._commit(entries, also)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc, "append")
+            raise StorageError(f"journal append failed ({self._fault.value if self._fault else '?'}): {exc}"
+                               ) from exc
+
+    def _store_meta(self, values: dict[str, int], durable: bool = False) -> None:
+        """Write watermarks; without ``durable`` the commit skips fsync (a loss only means a resend)."""
+        conn = self._conn
+        if conn is None:
+            raise StorageError("journal unavailable")
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(values.items()))
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a non-append write, turning storage trouble into :class:`StorageError`."""
+        if self._conn is None:
+            raise StorageError(f"journal unavailable: {(self._fault or StorageState.FAILED).value}")
+        try:
+            return fn(*args)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc, getattr(fn, "__name__", "write"))
+            raise StorageError(f"journal write failed: {exc}") from exc
+
+    def _mark_published(self, upto: int) -> None:
+        upto = min(upto, self._last_seq)
+        if upto > self._published:
+            self._published = upto
+            self._store_meta({"published": upto})
+
+    def _ack(self, upto: int, digest: str) -> AckResult:
+        if upto < self._acked:
+            return AckResult.STALE
+        if upto == self._acked:
+            return AckResult.DUPLICATE
+        if upto > self._last_seq or self._conn is None:
+            return AckResult.UNKNOWN
+        row = self._conn.execute("SELECT hash FROM tx WHERE seq = ?", (upto,)).fetchone()
+        if row is None:
+            return AckResult.UNKNOWN
+        if row[0] != digest:
+            return AckResult.MISMATCH
+        self._acked = upto
+        self._published = max(self._published, upto)
+        try:
+            self._store_meta({"acked": upto, "published": self._published})
+        except (sqlite3.Error, OSError) as exc:  # kept in memory: at worst a resend after a restart
+            self._fail(exc, "ack")
+        return AckResult.ACCEPTED
+
+    def _delete_acked(self, limit: int, before_ms: int | None) -> int:
+        """Delete up to ``limit`` of the oldest acknowledged rows (never the last one)."""
+        conn = self._conn
+        if conn is None or limit <= 0:
+            return 0
+        cutoff = before_ms if before_ms is not None else 2**62
+        cur = conn.execute(
+            "DELETE FROM tx WHERE seq IN (SELECT seq FROM tx WHERE seq <= ? AND seq < ? AND at_ms < ?"
+            " ORDER BY seq LIMIT ?)", (self._acked, self._last_seq, cutoff, limit))
+        self._rows -= cur.rowcount
+        return cur.rowcount
+
+    def _make_room(self, rows: int) -> int:
+        """``drop_acked``: delete acknowledged rows to get under capacity (a no-op otherwise)."""
+        if self.settings.full_policy != "drop_acked" or rows <= 0:
+            return 0
+        try:
+            dropped = self._delete_acked(min(rows, PRUNE_BATCH), None)
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc, "drop_acked")
+            return 0
+        if dropped:
+            log.info("event=journal_dropped_acked rows=%d remaining=%d", dropped, self._rows)
+        return dropped
+
+    def _prune_step(self, now_ms: int) -> int:
+        cutoff = now_ms - self.settings.retention_days * 86_400_000
+        return self._guarded(self._delete_acked, PRUNE_BATCH, cutoff)
+
+    def _vacuum(self) -> int:
         assert self._conn is not None
-        rows = self._conn.execute(
-            "SELECT seq, body, hash FROM tx WHERE published = 0 AND seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        before = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        # Stepped once, as execute() would, the pragma frees a single page; a script runs it out.
+        self._conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+        return before - self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+    # -- worker-thread side: reading ------------------------------------------------------
+
+    def _records_after(self, after: int, limit: int) -> list[Record]:
+        if self._conn is None:
+            return []
+        rows = self._guarded(lambda: self._conn.execute(  # type: ignore[union-attr]
+            "SELECT seq, body, hash FROM tx WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall())
         return [Record(*r) for r in rows]
 
-    def _mark_published(self, seqs: list[int]) -> None:
-        assert self._conn is not None
-        with self._conn:
-            self._conn.execute("BEGIN")
-            self._conn.executemany("UPDATE tx SET published = 1 WHERE seq = ?", [(s,) for s in seqs])
+    def _at_ms(self, seq: int) -> int:
+        if self._conn is None or seq > self._last_seq:
+            return 0
+        row = self._conn.execute("SELECT at_ms FROM tx WHERE seq >= ? ORDER BY seq LIMIT 1", (seq,)).fetchone()
+        return int(row[0]) if row else 0
 
-    def _count_unpublished(self) -> int:
-        assert self._conn is not None
-        return self._conn.execute("SELECT count(*) FROM tx WHERE published = 0").fetchone()[0]
+    def _stats(self) -> JournalStats:
+        try:
+            unpublished = self._at_ms(self._published + 1)
+            unacked = self._at_ms(self._acked + 1)
+        except (sqlite3.Error, OSError):
+            unpublished = unacked = 0
+        return JournalStats(self._last_seq, self._published, self._acked, self._rows, self.settings.capacity,
+                            unpublished, unacked, self.state, disk_free(self.path.parent))
 
     # -- loop side ----------------------------------------------------------------------
 
-    async def append(self, entry: TxEntry) -> Record:
-        """Commit one transaction durably; returns only after the commit is on disk."""
-        record = await self._run(self._append, entry)
+    async def append(self, entry: TxEntry, also: Callable[[sqlite3.Connection], None] | None = None
+                     ) -> Record:
+        """Commit one transaction durably; returns only after the commit is on disk.
+
+        ``also`` runs inside the same SQLite transaction (on the journal thread),
+        for state that must change together with the record (counters). Raises
+        :class:`StorageError` when the record cannot be written; nothing was
+        written then, and nothing may be granted.
+        """
+        (record,) = await self._run(self._append, (entry,), also)
         self.appended.set()
         return record
 
-    async def unpublished(self, after: int = 0, limit: int = 100) -> list[Record]:
-        """Records not yet handed to the broker, in sequence order."""
-        return await self._run(self._unpublished, after, limit)
+    async def append_batch(self, entries: Iterable[TxEntry]) -> list[Record]:
+        """Commit several records in one transaction (imports, bulk back-fills, the bench)."""
+        batch = list(entries)
+        if not batch:
+            return []
+        records = await self._run(self._append, batch, None)
+        self.appended.set()
+        return records
 
-    async def mark_published(self, seqs: list[int]) -> None:
-        if seqs:
-            await self._run(self._mark_published, seqs)
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one durable transaction on the journal's thread.
+
+        For small tables that share the journal's durability (seen command
+        nonces); storage failures become :class:`StorageError`.
+        """
+        def work() -> T:
+            conn = self._conn
+            if conn is None:
+                raise StorageError(f"journal unavailable: {(self._fault or StorageState.FAILED).value}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(exc, (sqlite3.Error, OSError)):
+                    self._fail(exc, "transact")
+                    raise StorageError(f"journal transaction failed: {exc}") from exc
+                raise
+        return await self._run(work)
+
+    async def records_after(self, after: int, limit: int = 50) -> list[Record]:
+        """Records with ``seq > after``, in order, at most ``limit`` (keep it small)."""
+        return await self._run(self._records_after, after, limit)
+
+    async def unpublished(self, limit: int = 50) -> list[Record]:
+        """Records the broker has not acknowledged yet, in sequence order."""
+        return await self.records_after(self._published, limit)
+
+    async def mark_published(self, upto: int) -> None:
+        """The broker acknowledged every record up to ``upto`` (PUBACK)."""
+        if upto > self._published:
+            await self._run(self._guarded, self._mark_published, upto)
+
+    async def ack(self, upto: int, digest: str) -> AckResult:
+        """The back office stored every record up to ``upto``, whose hash is ``digest``."""
+        result = await self._run(self._ack, upto, digest)
+        if result is AckResult.ACCEPTED:
+            self.acked.set()
+        return result
 
     async def backlog(self) -> int:
-        return await self._run(self._count_unpublished)
+        """Records the broker has not acknowledged yet."""
+        return self._last_seq - self._published
+
+    async def stats(self) -> JournalStats:
+        return await self._run(self._stats)
+
+    async def prune(self) -> int:
+        """Delete acknowledged rows older than the retention, in small steps; returns rows deleted."""
+        wall_ms, clock_ok = self._clock()
+        if not clock_ok:  # a wrong clock could make every row look ancient
+            return 0
+        total = 0
+        while True:
+            n = await self._run(self._prune_step, wall_ms)
+            total += n
+            if n < PRUNE_BATCH:
+                break
+            await asyncio.sleep(0)  # let the taps in between
+        if total:
+            pages = step = await self._run(self._guarded, self._vacuum)
+            while step >= VACUUM_PAGES:
+                await asyncio.sleep(0)
+                step = await self._run(self._guarded, self._vacuum)
+                pages += step
+            log.info("event=journal_pruned rows=%d pages_released=%d remaining=%d", total, pages, self._rows)
+        return total
+
+    async def _make_room_async(self) -> None:
+        excess = self._rows - self._warn_at
+        while excess > 0 and self.settings.full_policy == "drop_acked":
+            if not await self._run(self._make_room, excess):
+                break
+            excess = self._rows - self._warn_at
+            await asyncio.sleep(0)
+
+    async def _maintain(self) -> None:
+        """Probe a degraded journal, keep below the warning mark, prune by retention."""
+        next_prune = 0.0
+        while True:
+            await asyncio.sleep(self.settings.probe_s)
+            try:
+                if self._fault is not None or self._conn is None:
+                    await self._run(self._recover)
+                    continue
+                await self._make_room_async()
+                if time.monotonic() >= next_prune or self.state is StorageState.JOURNAL_FULL:
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                    await self.prune()
+                else:
+                    await self._run(self._refresh_fault)
+            except StorageError:
+                continue  # logged where it happened; the next round probes again
+            except Exception:  # noqa: BLE001 - upkeep must never take the terminal down
+                log.exception("event=journal_maintenance_error")
+
+    @property
+    def state(self) -> StorageState:
+        """The fault if there is one, else how full the journal is."""
+        if self._fault is not None:
+            return self._fault
+        if self._conn is None:
+            return StorageState.FAILED
+        if self._rows >= self.settings.capacity:
+            return StorageState.JOURNAL_FULL
+        if self._rows >= self._warn_at:
+            return StorageState.NEAR_FULL
+        return StorageState.OK
 
     @property
     def last_seq(self) -> int:
         return self._last_seq
+
+    @property
+    def published_seq(self) -> int:
+        return self._published
+
+    @property
+    def acked_seq(self) -> int:
+        return self._acked
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns

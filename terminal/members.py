@@ -1,136 +1,636 @@
-"""The locally cached member list: who a card belongs to, offline.
+"""The locally cached member lists: who a card belongs to, offline, at 1.1 million members.
 
-Card identifiers are kept only as keyed hashes (see :mod:`terminal.cardref`).
-The hot list of lost and stolen cards is a table of its own and is checked
-before anything else, so a blocked card is refused even when the member is
-active.
+Layout (``members.db`` stands for ``[members] db`` in the state folder)::
 
-Look-ups run on the event-loop thread on purpose: a primary-key probe in
-SQLite costs tens of microseconds, far less than a hop to a worker thread,
-and WAL mode lets a concurrent writer (a sync in progress) leave readers
-undisturbed.
+    members.db                home: the hot list, its sequence number, and the
+                              "local" list (members loaded by hand: simulator, demo)
+    members.lists/all.current pointer: the name of the file that serves scope ``all``
+    members.lists/all.v12.3f9a1c2e.db
+                              one SQLite file per scope, built from one snapshot
+                              and then changed in place by deltas
+    members.lists/spool/all/  snapshot chunks received, waiting to be applied
+
+Why one file per scope version behind a pointer file, rather than tables
+swapped inside one database: a snapshot is built into a *new* file while the
+live one keeps serving, with no journal and no fsync per transaction (a
+half-built file is simply deleted), so the build runs at bulk-load speed. It
+goes live by atomically replacing the pointer (write, fsync, ``rename``,
+fsync the folder), the one step that decides which list serves: ``kill -9``
+or a power cut before the rename leaves the old list, after it the new one,
+and never a mix, because a file is only ever named once it is complete and
+on disk. The old file is then deleted whole, which returns its space at once
+(a dropped table inside one database would leave a free list the size of
+the list behind, until a VACUUM the terminal cannot afford). Deltas, small by
+protocol, change the live file in one WAL transaction together with its
+version row (``list_meta``), so a version can never disagree with content.
+The hot list lives in the home database and is untouched by any swap.
+
+Every list file stores each member as its exact canonical line (the bytes
+the back office signed over) plus a card index. Recomputing the list digest
+is therefore a plain SHA-256 over the lines in ``member_no`` order, cheap
+enough to verify every delta's stated digest inside its transaction and
+refuse it if the result differs. A look-up parses one line.
+
+Reads run on the event-loop thread on purpose: a primary-key probe costs
+tens of microseconds, far less than a hop to a worker thread, and WAL lets a
+writer (a delta in progress) leave readers undisturbed. Writes that can be
+large (snapshot builds, deltas, full hot lists) are made in worker threads,
+each on its own connection. Card references are stored as 32-byte BLOB keys.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import os
+import secrets
+import shutil
 import sqlite3
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
+from .exceptions import PayloadError, ReplayError, StorageError
 from .model import Member, MemberStatus
+from .sync.delta import Delta
+from .sync.hotlist import Hotlist
+from .sync.records import canonical_line, quick_line, validate_member
+from .sync.report import ListState
+from .sync.snapshot import ListedRecord, Manifest
+from .sync.topics import check_scope
 
 log = logging.getLogger("unionterm.members")
 
-_MEMBER_COLUMNS = {
-    "member_no": str, "name": str, "org": str, "status": str, "tier": int,
-    "canteen_group": str, "access_groups": str, "valid_from": int, "valid_until": int,
-    "batch": int, "role": str, "pin_hash": str,
-}
+#: The list of members loaded by hand (simulator, demo), kept in the home database.
+LOCAL = "local"
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+#: Bumped when the layout changes; a store of another layout is refused, not guessed at.
+SCHEMA_VERSION = 2
+_BATCH = 4096
+#: Host parameters per ``IN (...)`` query (SQLite allows 32,766).
+_IN_BATCH = 500
+_BUSY_MS = 10_000
+
+_LIST_SCHEMA = """
+CREATE TABLE IF NOT EXISTS members (
+    id INTEGER PRIMARY KEY, member_no TEXT NOT NULL UNIQUE, line BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS cards (
+    ref BLOB NOT NULL, member_id INTEGER NOT NULL, PRIMARY KEY (ref, member_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS list_meta (
+    one INTEGER PRIMARY KEY CHECK (one = 1), scope TEXT NOT NULL, version INTEGER NOT NULL,
+    issued INTEGER NOT NULL, expires INTEGER NOT NULL, count INTEGER NOT NULL,
+    digest TEXT NOT NULL, applied_at INTEGER NOT NULL);
+"""
+_HOME_SCHEMA = _LIST_SCHEMA + """
+CREATE TABLE IF NOT EXISTS hotlist (
+    ref BLOB PRIMARY KEY, reason TEXT NOT NULL, added_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hotlist_meta (
+    one INTEGER PRIMARY KEY CHECK (one = 1), version INTEGER NOT NULL, issued INTEGER NOT NULL,
+    expires INTEGER NOT NULL);
+"""
+_LOOKUP_SQL = ("SELECT m.line FROM cards c JOIN members m ON m.id = c.member_id "
+               "WHERE c.ref = ? ORDER BY m.member_no LIMIT 1")
 
 
 @dataclass(frozen=True)
 class Lookup:
-    """Result of a card look-up: the member (if any) and whether the card is hot-listed."""
+    """Result of a card look-up: the member (if any) and whether the card is hot-listed.
+
+    ``scope`` names the list the member was found in.
+    """
 
     member: Member | None
     hot: bool
     hot_reason: str = ""
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class HeldList:
+    """One list as this terminal holds it; version 0 means none yet.
+
+    ``issued`` and ``expires`` come from the newest manifest or delta
+    applied (the back office vouched for the list as of ``issued``);
+    ``digest`` was recomputed from the stored lines when it was written.
+    """
+
+    scope: str
+    version: int = 0
+    count: int = 0
+    digest: str = EMPTY_DIGEST
+    issued: int = 0
+    expires: int = 0
+    applied_at: int = 0
+
+    def state(self) -> ListState:
+        """The report's view of this list."""
+        return ListState(self.scope, self.version, self.count, self.digest, self.expires)
+
+
+@dataclass(frozen=True)
+class HotlistState:
+    """The hot-list sequence number held (0 none) and the validity of its last message."""
+
+    version: int = 0
+    issued: int = 0
+    expires: int = 0
+
+
+def _connect(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode; ``bulk`` for a file nobody else sees yet."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+    if bulk:
+        # A half-built file is deleted, never repaired: no journal, no fsync per step.
+        conn.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+                           "PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-8192;"
+                           "PRAGMA temp_store=FILE;")
+    else:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_pointer(pointer: Path, target: str) -> None:
+    """Point ``pointer`` at ``target`` atomically and durably (write, fsync, rename, fsync dir)."""
+    tmp = pointer.with_name(pointer.name + ".tmp")
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(target + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, pointer)
+    _fsync(pointer.parent)
+
+
+def _read_meta(conn: sqlite3.Connection, scope: str) -> HeldList:
+    row = conn.execute("SELECT scope, version, count, digest, issued, expires, applied_at "
+                       "FROM list_meta WHERE one = 1").fetchone()
+    return HeldList(*row) if row else HeldList(scope)
+
+
+def _write_meta(conn: sqlite3.Connection, held: HeldList) -> None:
+    conn.execute("INSERT OR REPLACE INTO list_meta (one, scope, version, issued, expires, count, "
+                 "digest, applied_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                 (held.scope, held.version, held.issued, held.expires, held.count, held.digest,
+                  held.applied_at))
+
+
+def stored_digest(conn: sqlite3.Connection) -> tuple[int, str]:
+    """Count and list digest recomputed from the stored lines (``member_no`` order)."""
+    digest = hashlib.sha256()
+    count = 0
+    cursor = conn.execute("SELECT line FROM members ORDER BY member_no")
+    while rows := cursor.fetchmany(_BATCH):
+        digest.update(b"".join(row[0] for row in rows))
+        count += len(rows)
+    return count, digest.hexdigest()
+
+
+def _refs_of_line(line: bytes) -> tuple[str, ...]:
+    quick = quick_line(line.rstrip(b"\n"))
+    if quick is not None:
+        return quick[1]
+    return tuple(card["ref"] for card in json.loads(line)["cards"])
+
+
+def _write_changes(conn: sqlite3.Connection, upserts: Iterable[Mapping[str, Any]],
+                   removals: Iterable[str] = ()) -> None:
+    """Remove members and upsert canonical records, touching only what differs.
+
+    A member that stays keeps its row and the card index entries of the
+    cards it keeps, so a delta of 10,000 small changes rewrites ~10,000
+    rows, not 10,000 rows plus 20,000 index entries twice over. Reads and
+    writes go in batches: at this size the per-statement cost dominates.
+    """
+    upserts, removals = list(upserts), list(removals)
+    held = _rows_of(conn, [*removals, *(r["member_no"] for r in upserts)])
+    next_id = (conn.execute("SELECT max(id) FROM members").fetchone()[0] or 0) + 1
+    deleted, updated, inserted = [], [], []
+    cards_gone: list[tuple[bytes, int]] = []
+    cards_new: list[tuple[bytes, int]] = []
+    for member_no in removals:
+        if member_no in held:
+            member_id, line = held.pop(member_no)
+            deleted.append((member_id,))
+            cards_gone += [(bytes.fromhex(ref), member_id) for ref in _refs_of_line(line)]
+    for record in upserts:
+        line = canonical_line(record)
+        refs = {c["ref"] for c in record["cards"]}
+        old = held.get(record["member_no"])
+        if old is None:
+            member_id, before = next_id, set()
+            next_id += 1
+            inserted.append((member_id, record["member_no"], line))
+        elif old[1] == line:
+            continue
+        else:
+            member_id, before = old[0], set(_refs_of_line(old[1]))
+            updated.append((line, member_id))
+        cards_gone += [(bytes.fromhex(ref), member_id) for ref in before - refs]
+        cards_new += [(bytes.fromhex(ref), member_id) for ref in refs - before]
+    conn.executemany("DELETE FROM members WHERE id = ?", deleted)
+    conn.executemany("UPDATE members SET line = ? WHERE id = ?", updated)
+    conn.executemany("INSERT INTO members (id, member_no, line) VALUES (?, ?, ?)", inserted)
+    conn.executemany("DELETE FROM cards WHERE ref = ? AND member_id = ?", cards_gone)
+    conn.executemany("INSERT OR IGNORE INTO cards (ref, member_id) VALUES (?, ?)", cards_new)
+
+
+def _rows_of(conn: sqlite3.Connection, member_nos: list[str]) -> dict[str, tuple[int, bytes]]:
+    """(id, line) of those of ``member_nos`` that are held."""
+    rows: dict[str, tuple[int, bytes]] = {}
+    for i in range(0, len(member_nos), _IN_BATCH):
+        part = member_nos[i:i + _IN_BATCH]
+        marks = ",".join("?" * len(part))
+        rows.update((no, (member_id, line)) for no, member_id, line in conn.execute(
+            f"SELECT member_no, id, line FROM members WHERE member_no IN ({marks})", part))
+    return rows
+
+
+def member_from_line(line: bytes) -> Member:
+    """The model's view of one stored canonical line."""
+    rec = json.loads(line)
+    return Member(
+        member_no=rec["member_no"], name=rec["name"], org=rec["org"],
+        status=MemberStatus(rec["status"]), tier=rec["tier"], canteen_group=rec["canteen_group"],
+        access_groups=tuple(rec["access_groups"]), valid_from=rec["valid_from"],
+        valid_until=rec["valid_until"], batch=rec["batch"], role=rec["role"],
+        pin_hash=rec["pin_hash"],
+    )
+
+
+class BuildCancelled(Exception):
+    """A newer snapshot superseded the one being built; its file is discarded."""
+
+
+class SnapshotBuild:
+    """A new list file being filled beside the live one, in a worker thread.
+
+    :meth:`run` consumes checked records (from
+    :func:`terminal.sync.snapshot.iter_snapshot_lines`, whose last step
+    checks count and digest), indexes them, makes the file durable and only
+    then points the scope at it. Any exception, or :meth:`cancel`, deletes the
+    file and leaves the pointer alone.
+    """
+
+    def __init__(self, lists_dir: Path, manifest: Manifest, now: Callable[[], float] = time.time) -> None:
+        self.manifest = manifest
+        self.scope = manifest.scope
+        self.path = lists_dir / f"{self.scope}.v{manifest.version}.{secrets.token_hex(4)}.db"
+        self.pointer = lists_dir / f"{self.scope}.current"
+        self.added = 0
+        self._now = now
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def run(self, records: Iterable[ListedRecord]) -> HeldList:
+        """Build, verify, sync to disk, then switch the pointer (the commit point)."""
+        try:
+            held = self._fill(records)
+            _fsync(self.path)
+            if self.cancelled:
+                raise BuildCancelled(self.scope)
+            _write_pointer(self.pointer, self.path.name)
+            return held
+        except BaseException:
+            remove_list_file(self.path)
+            raise
+
+    def _fill(self, records: Iterable[ListedRecord]) -> HeldList:
+        conn = _connect(self.path, bulk=True)
+        try:
+            conn.executescript(_LIST_SCHEMA)
+            conn.execute("CREATE TEMP TABLE stage (ref BLOB NOT NULL, member_id INTEGER NOT NULL)")
+            conn.execute("BEGIN")
+            members: list[tuple[int, str, bytes]] = []
+            cards: list[tuple[bytes, int]] = []
+            for record in records:
+                self.added += 1
+                members.append((self.added, record.member_no, record.line))
+                cards.extend((bytes.fromhex(ref), self.added) for ref in record.refs)
+                if len(members) >= _BATCH:
+                    self._flush(conn, members, cards)
+            self._flush(conn, members, cards)
+            # Card refs are random: inserting them sorted builds the index sequentially.
+            conn.execute("INSERT OR IGNORE INTO cards SELECT ref, member_id FROM temp.stage "
+                         "ORDER BY ref, member_id")
+            conn.execute("DROP TABLE temp.stage")
+            m = self.manifest
+            held = HeldList(self.scope, m.version, m.count, m.digest, m.issued, m.expires,
+                            int(self._now()))
+            _write_meta(conn, held)
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA locking_mode=NORMAL")
+            conn.execute("PRAGMA journal_mode=WAL")  # how the live file will be written from now on
+            return held
+        finally:
+            conn.close()
+
+    def _flush(self, conn: sqlite3.Connection, members: list[tuple[int, str, bytes]],
+               cards: list[tuple[bytes, int]]) -> None:
+        if self.cancelled:
+            raise BuildCancelled(self.scope)
+        conn.executemany("INSERT INTO members (id, member_no, line) VALUES (?, ?, ?)", members)
+        conn.executemany("INSERT INTO temp.stage (ref, member_id) VALUES (?, ?)", cards)
+        members.clear()
+        cards.clear()
+
+
+def remove_list_file(path: Path) -> None:
+    """Delete a list file and its WAL companions (missing ones are fine)."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            name.unlink()
 
 
 class MemberStore:
-    """SQLite member list (WAL, ``synchronous=NORMAL``: it can be re-downloaded)."""
+    """The member lists a terminal serves, and the hot list that overrides them.
 
-    def __init__(self, path: str | Path) -> None:
+    ``scopes`` are the synced lists to consult, in order (the first that
+    knows a card wins), then the local list; ``None`` serves every list
+    found on disk.
+    """
+
+    def __init__(self, path: str | Path, scopes: Sequence[str] | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self.db = sqlite_utils.Database(self._conn)
+        self.lists_dir = self.path.with_suffix(".lists")
+        self.lists_dir.mkdir(exist_ok=True)
+        self._now = now
+        self._conn = _connect(self.path)
         self._create()
+        if scopes is None:
+            scopes = sorted(p.name[:-len(".current")] for p in self.lists_dir.glob("*.current"))
+        self.scopes: tuple[str, ...] = tuple(check_scope(s) for s in scopes)
+        self._lists: dict[str, tuple[sqlite3.Connection, Path] | None] = {}
+        self.held: dict[str, HeldList] = {}
+        for scope in self.scopes:
+            self._open_list(scope)
 
     def _create(self) -> None:
-        self.db["members"].create(_MEMBER_COLUMNS, pk="member_no", if_not_exists=True)
-        self.db["cards"].create({"ref": bytes, "member_no": str, "kind": str},
-                                pk="ref", if_not_exists=True)
-        self.db["hotlist"].create({"ref": bytes, "reason": str, "added_at": int},
-                                  pk="ref", if_not_exists=True)
-        self.db["cards"].create_index(["member_no"], if_not_exists=True)
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION) or (version == 0 and tables):
+            raise StorageError(f"{self.path}: member store layout {version} is not {SCHEMA_VERSION}; "
+                               "move the file away and let the lists download again")
+        self._conn.executescript(_HOME_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _open_list(self, scope: str) -> None:
+        pointer = self.lists_dir / f"{scope}.current"
+        try:
+            name = pointer.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            self._lists[scope] = None
+            self.held[scope] = HeldList(scope)
+            return
+        path = self.lists_dir / name
+        if not path.is_file():
+            raise StorageError(f"{pointer}: names {name}, which is missing")
+        conn = _connect(path)
+        conn.execute("PRAGMA query_only=1")
+        self._lists[scope] = (conn, path)
+        self.held[scope] = _read_meta(conn, scope)
 
     def close(self) -> None:
+        for entry in self._lists.values():
+            if entry is not None:
+                entry[0].close()
+        self._lists.clear()
         self._conn.close()
 
     # -- reads (hot path) ---------------------------------------------------------
 
+    def _sources(self) -> Iterator[tuple[str, sqlite3.Connection]]:
+        for scope in self.scopes:
+            entry = self._lists.get(scope)
+            if entry is not None:
+                yield scope, entry[0]
+        yield LOCAL, self._conn
+
     def lookup(self, ref: bytes) -> Lookup:
-        """Find the member behind a card reference, hot list first."""
+        """Find the member behind a card reference; the hot list is read first and wins."""
         hot = self._conn.execute("SELECT reason FROM hotlist WHERE ref = ?", (ref,)).fetchone()
-        row = self._conn.execute(
-            "SELECT m.* FROM cards c JOIN members m ON m.member_no = c.member_no WHERE c.ref = ?",
-            (ref,),
-        ).fetchone()
-        member = _row_to_member(row) if row else None
-        return Lookup(member=member, hot=hot is not None, hot_reason=hot[0] if hot else "")
+        for scope, conn in self._sources():
+            row = conn.execute(_LOOKUP_SQL, (ref,)).fetchone()
+            if row is not None:
+                return Lookup(member_from_line(row[0]), hot is not None, hot[0] if hot else "", scope)
+        return Lookup(None, hot is not None, hot[0] if hot else "")
 
     def member(self, member_no: str) -> Member | None:
-        row = self._conn.execute("SELECT * FROM members WHERE member_no = ?", (member_no,)).fetchone()
-        return _row_to_member(row) if row else None
+        for _scope, conn in self._sources():
+            row = conn.execute("SELECT line FROM members WHERE member_no = ?", (member_no,)).fetchone()
+            if row is not None:
+                return member_from_line(row[0])
+        return None
 
     def count(self) -> int:
-        return self._conn.execute("SELECT count(*) FROM members").fetchone()[0]
+        """Members held over all lists (one in two scopes counts twice)."""
+        local = self._conn.execute("SELECT count(*) FROM members").fetchone()[0]
+        return local + sum(self.held[s].count for s in self.scopes)
 
-    # -- writes -------------------------------------------------------------------
+    def list_path(self, scope: str) -> Path | None:
+        entry = self._lists.get(scope)
+        return entry[1] if entry else None
+
+    def hotlist_state(self) -> HotlistState:
+        row = self._conn.execute("SELECT version, issued, expires FROM hotlist_meta").fetchone()
+        return HotlistState(*row) if row else HotlistState()
+
+    def digest(self, scope: str) -> tuple[int, str]:
+        """Recompute one list's count and digest from its stored lines (slow at full size)."""
+        entry = self._lists.get(scope)
+        return stored_digest(entry[0]) if entry else (0, EMPTY_DIGEST)
+
+    # -- local list and manual blocks ------------------------------------------------
 
     def upsert(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Insert or replace member records (the back office's JSON shape) in one transaction."""
-        n = 0
+        """Insert or replace members of the local list (the back office's record shape)."""
+        checked = [validate_member(r, f"records[{i}]") for i, r in enumerate(records)]
+        checked = list({r["member_no"]: r for r in checked}.values())  # the last of repeats wins
         with self._conn:
             self._conn.execute("BEGIN")
-            for rec in records:
-                row = {k: rec.get(k, "" if t is str else 0) for k, t in _MEMBER_COLUMNS.items()}
-                row["access_groups"] = json.dumps(list(rec.get("access_groups", ())), ensure_ascii=False)
-                self.db["members"].insert(row, replace=True)
-                self._conn.execute("DELETE FROM cards WHERE member_no = ?", (row["member_no"],))
-                for card in rec.get("cards", ()):
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO cards (ref, member_no, kind) VALUES (?, ?, ?)",
-                        (bytes.fromhex(card["ref"]), row["member_no"], card["kind"]),
-                    )
-                n += 1
-        return n
+            _write_changes(self._conn, checked)
+        return len(checked)
 
     def block(self, ref: bytes, reason: str, added_at: int) -> None:
         """Put a card on the hot list; it wins over everything else at the next tap."""
         with self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO hotlist (ref, reason, added_at) VALUES (?, ?, ?)",
-                (ref, reason, added_at),
-            )
+            self._conn.execute("INSERT OR REPLACE INTO hotlist (ref, reason, added_at) VALUES (?, ?, ?)",
+                               (ref, reason, added_at))
 
     def unblock(self, ref: bytes) -> None:
         with self._conn:
             self._conn.execute("DELETE FROM hotlist WHERE ref = ?", (ref,))
 
+    # -- sync writes -------------------------------------------------------------------
 
-def _row_to_member(row: tuple[Any, ...]) -> Member:
-    (member_no, name, org, status, tier, canteen_group, access_groups,
-     valid_from, valid_until, batch, role, pin_hash) = row
-    try:
-        groups = tuple(json.loads(access_groups)) if access_groups else ()
-    except ValueError:
-        groups = ()
-    try:
-        st = MemberStatus(status)
-    except ValueError:
-        st = MemberStatus.SUSPENDED  # an unknown status must never grant anything
-    return Member(
-        member_no=member_no, name=name, org=org, status=st, tier=tier,
-        canteen_group=canteen_group, access_groups=groups, valid_from=valid_from,
-        valid_until=valid_until, batch=batch, role=role, pin_hash=pin_hash,
-    )
+    def new_build(self, manifest: Manifest) -> SnapshotBuild:
+        """A builder for ``manifest``'s list; run it in a worker thread, then :meth:`install` it."""
+        if manifest.scope not in self._lists:
+            raise ValueError(f"scope {manifest.scope!r} is not served by this store")
+        return SnapshotBuild(self.lists_dir, manifest, self._now)
+
+    def install(self, build: SnapshotBuild, held: HeldList) -> Path | None:
+        """Serve a finished build (its pointer is already switched); returns the old file to delete.
+
+        Runs on the event-loop thread, between two look-ups: open the new
+        file, swap the connection, close the old one.
+        """
+        conn = _connect(build.path)
+        conn.execute("PRAGMA query_only=1")
+        old = self._lists.get(build.scope)
+        self._lists[build.scope] = (conn, build.path)
+        self.held[build.scope] = held
+        if old is None:
+            return None
+        old[0].close()
+        return old[1]
+
+    def apply_delta(self, delta: Delta) -> HeldList:
+        """Apply a verified delta in one transaction, or refuse it and change nothing.
+
+        Worker-thread safe (own connection). The list's count and digest are
+        recomputed inside the transaction and must equal the delta's stated
+        ones; otherwise it is rolled back and :class:`PayloadError` names the
+        difference (the caller then asks for a resync).
+        """
+        path = self.list_path(delta.scope)
+        if path is None:
+            raise ReplayError("delta", f"no list of {delta.scope!r} held to apply it to")
+        conn = _connect(path)
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint(): not on the delta's clock
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            held = _read_meta(conn, delta.scope)
+            if held.version != delta.base:
+                raise ReplayError("delta.base", f"base {delta.base}, held version {held.version}")
+            _write_changes(conn, delta.upserts, delta.removals)
+            count, digest = stored_digest(conn)
+            if (count, digest) != (delta.count, delta.digest):
+                raise PayloadError("delta.digest", f"v{delta.version} gives {count} members with "
+                                   f"digest {digest}, the delta says {delta.count} / {delta.digest}")
+            new = HeldList(delta.scope, delta.version, count, digest, delta.issued, delta.expires,
+                           int(self._now()))
+            _write_meta(conn, new)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        return new
+
+    def checkpoint(self, scope: str) -> None:
+        """Fold a list's WAL back into its file and truncate it (worker thread, after a delta).
+
+        A committed delta already serves; copying its pages into the main
+        file (and the fsync that comes with it) is housekeeping that need not
+        delay the report.
+        """
+        path = self.list_path(scope)
+        if path is None:
+            return
+        conn = _connect(path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def adopt(self, manifest: Manifest) -> HeldList:
+        """Take a manifest's version and validity for a list whose content it already matches.
+
+        A back office re-signs an unchanged list to keep it fresh; with the
+        count and digest equal there is nothing to download.
+        """
+        path = self.list_path(manifest.scope)
+        held = self.held[manifest.scope]
+        if path is None or (held.count, held.digest) != (manifest.count, manifest.digest):
+            raise ValueError(f"{manifest.scope}: manifest v{manifest.version} is not the held content")
+        conn = _connect(path)
+        try:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                new = HeldList(manifest.scope, manifest.version, held.count, held.digest,
+                               manifest.issued, manifest.expires, int(self._now()))
+                _write_meta(conn, new)
+        finally:
+            conn.close()
+        self.held[manifest.scope] = new
+        return new
+
+    def refresh(self, scope: str, held: HeldList) -> None:
+        """Record a change made by a worker thread (the loop's cached view of the list)."""
+        self.held[scope] = held
+
+    def apply_hotlist(self, hotlist: Hotlist) -> HotlistState:
+        """Apply a hot-list change (or replace it all, for ``hotlist.full``) in one transaction.
+
+        Worker-thread safe (own connection); an entry is in force the moment
+        this returns.
+        """
+        conn = _connect(self.path)
+        try:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                held = conn.execute("SELECT version FROM hotlist_meta").fetchone()
+                if held is not None and hotlist.version <= held[0]:
+                    raise ReplayError("hotlist", f"sequence {hotlist.version} is not after {held[0]}")
+                if hotlist.full:
+                    conn.execute("DELETE FROM hotlist")
+                conn.executemany("INSERT OR REPLACE INTO hotlist (ref, reason, added_at) VALUES (?, ?, ?)",
+                                 [(e.ref_bytes, e.reason, hotlist.issued)
+                                  for e in hotlist.entries if e.op == "add"])
+                conn.executemany("DELETE FROM hotlist WHERE ref = ?",
+                                 [(e.ref_bytes,) for e in hotlist.entries if e.op == "remove"])
+                conn.execute("INSERT OR REPLACE INTO hotlist_meta (one, version, issued, expires) "
+                             "VALUES (1, ?, ?, ?)", (hotlist.version, hotlist.issued, hotlist.expires))
+        finally:
+            conn.close()
+        return HotlistState(hotlist.version, hotlist.issued, hotlist.expires)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def spool_dir(self, scope: str) -> Path:
+        return self.lists_dir / "spool" / check_scope(scope)
+
+    def sweep(self) -> list[str]:
+        """Delete what no pointer names: builds cut short, replaced lists, old spools.
+
+        Only the process that syncs calls this (at start): another process
+        opening the store must not delete a build in progress.
+        """
+        keep: set[str] = set()
+        for pointer in self.lists_dir.glob("*.current"):
+            name = pointer.read_text(encoding="ascii").strip()
+            keep.update({name, f"{name}-wal", f"{name}-shm"})
+        removed = []
+        for entry in self.lists_dir.iterdir():
+            if entry.name.endswith(".current") or entry.name in keep:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+        return removed

@@ -156,3 +156,68 @@ def list_digest(records: Iterable[Mapping[str, Any]]) -> tuple[int, str]:
     for record in records:
         digest.add(record)
     return digest.count, digest.hexdigest()
+
+
+# -- fast path for canonical lines --------------------------------------------------------
+
+_Q_TOKEN = r"[0-9A-Za-z][0-9A-Za-z_.\-]{0,63}"
+#: One character of a JSON string in canonical form that has no control characters.
+_Q_CHAR = r'(?:[^"\\\x00-\x1f\x7f]|\\["\\])'
+_Q_PIN_CHAR = r'(?:[\x21\x23-\x5b\x5d-\x7e]|\\["\\])'
+_Q_INT = r"(0|[1-9][0-9]{0,9})"
+_Q_KINDS = "|".join(sorted(CARD_KINDS))
+_Q_CARD = r'\{"kind":"(?:%s)","ref":"[0-9a-f]{64}"\}' % _Q_KINDS
+_QUICK_RE = re.compile(
+    r'\{"access_groups":\[((?:"%(tok)s")(?:,"%(tok)s")*)?\]'
+    r',"batch":[123]'
+    r',"canteen_group":"(?:%(tok)s)?"'
+    r',"cards":\[((?:%(card)s)(?:,%(card)s)*)?\]'
+    r',"member_no":"([0-9A-Za-z][0-9A-Za-z_\-]{0,31})"'
+    r',"name":"%(char)s{1,32}"'
+    r',"org":"%(char)s{0,64}"'
+    r',"pin_hash":"%(pin)s{0,128}"'
+    r',"role":"(?:%(roles)s)"'
+    r',"status":"(?:%(statuses)s)"'
+    r',"tier":[0-9]'
+    r',"valid_from":%(int)s'
+    r',"valid_until":%(int)s\}'
+    % {"tok": _Q_TOKEN, "card": _Q_CARD,
+       "char": _Q_CHAR, "pin": _Q_PIN_CHAR, "int": _Q_INT,
+       "roles": "|".join(sorted(ROLES)), "statuses": "|".join(sorted(STATUSES))}
+)
+_Q_CARD_RE = re.compile(r'\{"kind":"(%s)","ref":"([0-9a-f]{64})"\}' % _Q_KINDS)
+
+
+def quick_line(line: bytes) -> tuple[str, tuple[str, ...]] | None:
+    """``(member_no, card refs)`` of a line that is surely a valid canonical record, else None.
+
+    Applying 1.1 million members spends most of its time proving each line
+    is a valid record in canonical form; parsing, validating and re-encoding
+    every line costs ~45 µs, this one compiled pattern plus a few list checks
+    ~5 µs. It is a filter, never a judge: it accepts only lines that
+    :func:`validate_member` would accept and re-encode to the same bytes, and
+    anything it does not recognise (including every invalid line) returns
+    None, so the caller falls back to the full check, which names the fault.
+    ``line`` is without its newline.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    m = _QUICK_RE.fullmatch(text)
+    if m is None:
+        return None
+    groups_text, cards_text, member_no, valid_from, valid_until = m.groups()
+    if groups_text and '","' in groups_text:
+        groups = groups_text[1:-1].split('","')
+        if len(groups) > MAX_GROUPS or not all(map(str.__lt__, groups, groups[1:])):
+            return None  # repeated or unsorted groups (or too many): let the full check say so
+    cards = _Q_CARD_RE.findall(cards_text) if cards_text else []
+    refs = tuple(ref for _kind, ref in cards)
+    if len(cards) > 1 and (len(cards) > MAX_CARDS or len(set(refs)) != len(refs)
+                           or not all(map(tuple.__lt__, cards, cards[1:]))):
+        return None
+    start, end = int(valid_from), int(valid_until)
+    if start > MAX_TIME or end > MAX_TIME or (end and end <= start):
+        return None
+    return member_no, refs

@@ -1,0 +1,204 @@
+"""Union-card tap to journaled decision, against the floor of the unavoidable work.
+
+``auth_tap_to_decision_p99_ms``: a genuine union card (DESFire EV2 simulation,
+AuthenticateEV2First + MACed ReadData with a software SAM) tapped on the
+production terminal through pcscd + vpcd, 1.1 million members in its list,
+from the moment PC/SC reports the card present to the journal commit of the
+decision (WAL, ``synchronous=FULL``).
+
+``auth_floor_p99_ms``: from the same moment, bare pyscard connects, sends the
+very bytes the terminal sent in one of its taps to the same simulated card,
+disconnects, and commits one row of the same size to a SQLite file with the
+same settings. The card answers the replayed authentication with an error
+(its challenge is new each time), which costs it no more than the real
+exchange; the floor computes no cryptography, looks up no member and decides
+nothing, so the difference is everything the terminal adds.
+
+Blocks of terminal taps and floor taps alternate so a noisy machine weighs on
+both. The 1.1M-member list takes minutes to generate; it is built once into
+a cache file (keyed by count, seed and card key) and copied for each run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from smartcard import scard
+
+from simulator.backoffice.generate import generate_members
+from simulator.cards.desfire import UnionCard
+from simulator.rig import Rig
+from simulator.services import Pcscd
+from simulator.vcard import VirtualCard
+from terminal.members import MemberStore
+
+from .stats import percentile
+
+MEMBERS = 1_100_000
+SEED = 20_251_130
+#: Fixed, so that the cached member list (whose card refs depend on it) stays valid.
+CARD_KEY = hashlib.sha256(b"unionterm auth bench card key").digest()
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unionterm"
+
+
+class Recording:
+    """A card behaviour that keeps the C-APDUs it was sent, to replay them on the floor."""
+
+    def __init__(self, inner: UnionCard) -> None:
+        self.inner = inner
+        self.atr = inner.atr
+        self.apdus: list[bytes] = []
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def respond(self, capdu: bytes) -> bytes:
+        self.apdus.append(capdu)
+        return self.inner.respond(capdu)
+
+
+def member_list(count: int = MEMBERS, seed: int = SEED) -> Path:
+    """A member database holding ``count`` generated members; built on first use, then cached."""
+    path = CACHE / f"members-{count}-{seed}-{CARD_KEY.hex()[:8]}.db"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    for stale in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+        stale.unlink(missing_ok=True)
+    started = time.monotonic()
+    print(f"  generating {count:,} members (once, cached in {path}) ...", flush=True)
+    store = MemberStore(partial)
+    try:
+        store.upsert(generate_members(count, seed, CARD_KEY))
+    finally:
+        store.close()
+    os.replace(partial, path)
+    print(f"  generated in {time.monotonic() - started:.0f} s", flush=True)
+    return path
+
+
+class Floor:
+    """Bare pyscard on one reader, and one SQLite file at the journal's settings."""
+
+    def __init__(self, pcscd: Pcscd, reader: str, db: Path) -> None:
+        self.pcscd = pcscd
+        self.reader = reader
+        hr, self.ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        assert hr == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hr)
+        self.state = scard.SCARD_STATE_UNAWARE
+        self.conn = sqlite3.connect(db, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS tx (seq INTEGER PRIMARY KEY, body TEXT NOT NULL,"
+                          " hash TEXT NOT NULL, at_ms INTEGER NOT NULL)")
+
+    def close(self) -> None:
+        self.conn.close()
+        scard.SCardReleaseContext(self.ctx)
+
+    def _wait(self, present: bool) -> None:
+        while bool(self.state & scard.SCARD_STATE_PRESENT) != present:
+            hr, result = scard.SCardGetStatusChange(self.ctx, 2000, [(self.reader, self.state)])
+            if hr == scard.SCARD_S_SUCCESS:
+                self.state = result[0][1] & ~scard.SCARD_STATE_CHANGED
+
+    def tap(self, card: Recording, apdus: list[bytes], row_bytes: int) -> tuple[float, float]:
+        """One tap: ms from PC/SC reporting the card to the card released, and to the row being durable."""
+        vcard = VirtualCard(card, self.pcscd.card_port())
+        vcard.place()
+        try:
+            self._wait(True)
+            t0 = time.perf_counter()
+            hr, handle, proto = scard.SCardConnect(self.ctx, self.reader, scard.SCARD_SHARE_SHARED,
+                                                   scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
+            assert hr == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hr)
+            for command in apdus:
+                hr, response = scard.SCardTransmit(handle, proto, list(command))
+                assert hr == scard.SCARD_S_SUCCESS and len(response) >= 2, hr
+            scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
+            card_done = time.perf_counter()
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT INTO tx (body, hash, at_ms) VALUES (?, ?, ?)",
+                              ("x" * row_bytes, "0" * 64, int(time.time() * 1000)))
+            self.conn.execute("COMMIT")
+            done = time.perf_counter()
+        finally:
+            vcard.remove()
+        self._wait(False)
+        return (card_done - t0) * 1000, (done - t0) * 1000
+
+
+def floor_block(pcscd: Pcscd, reader: str, db: Path, card: Recording, apdus: list[bytes], row_bytes: int,
+                n: int) -> list[tuple[float, float]]:
+    """``n`` floor taps on one thread (SQLite connections are bound to theirs)."""
+    floor = Floor(pcscd, reader, db)
+    try:
+        return [floor.tap(card, apdus, row_bytes) for _ in range(n)]
+    finally:
+        floor.close()
+
+
+async def run_async(taps: int = 300, block: int = 50, members: int = MEMBERS) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="unionterm-bench-auth-"))
+    cached = member_list(members)
+    state = work / "rig" / "state"
+    state.mkdir(parents=True)
+    shutil.copyfile(cached, state / "members.db")
+    (work / "rig" / "card.key").write_text(CARD_KEY.hex())
+    terminal_ms: list[float] = []
+    read_ms: list[float] = []
+    journal_ms: list[float] = []
+    floor: list[tuple[float, float]] = []
+    try:
+        with Pcscd(workdir=work / "pcscd") as pcscd:
+            async with Rig(work / "rig", pcscd=pcscd, capture=False, pulse_ms=100,
+                           profiles=("union-app",)) as rig:
+                listed = rig.terminal.members.count()
+                person = rig.people[0]
+                card = Recording(rig.union_card(person))
+                reader = rig.reader_name
+                apdus: list[bytes] = []
+                row_bytes = 0
+                while len(terminal_ms) < taps:
+                    n = min(block, taps - len(terminal_ms))
+                    for _ in range(n):
+                        card.apdus.clear()
+                        outcome = await rig.tap(card)
+                        assert outcome.decision.approved and outcome.record is not None, outcome.decision
+                        timings = outcome.timings_ms
+                        terminal_ms.append(timings["commit"])
+                        read_ms.append(timings["read"])
+                        journal_ms.append(timings["commit"] - timings["decide"])
+                        apdus, row_bytes = list(card.apdus), len(outcome.record.body.encode())
+                    await rig.stop_terminal()  # the floor needs the reader to itself
+                    floor += await asyncio.to_thread(floor_block, pcscd, reader, work / "floor.db",
+                                                        card, apdus, row_bytes, n)
+                    await rig.start_terminal()
+                    print(f"  auth: {len(terminal_ms)}/{taps} taps", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    floor_ms, floor_card_ms = [total for _, total in floor], [card_part for card_part, _ in floor]
+    figures = {"auth_apdus_per_tap": float(len(apdus)), "auth_members_listed": float(listed),
+               "auth_samples": float(len(terminal_ms))}
+    # Where the time goes: the card exchange (PC/SC report to card released) and the journal commit.
+    for name, values in (("auth_tap_to_decision", terminal_ms), ("auth_floor", floor_ms),
+                         ("auth_card_read", read_ms), ("auth_floor_card", floor_card_ms),
+                         ("auth_journal_commit", journal_ms)):
+        for p in (50, 90, 99):
+            figures[f"{name}_p{p}_ms"] = round(percentile(values, p), 3)
+    for p in (50, 99):
+        figures[f"auth_ratio_p{p}"] = round(figures[f"auth_tap_to_decision_p{p}_ms"] / figures[f"auth_floor_p{p}_ms"], 3)
+    return figures
+
+
+def run(taps: int = 300) -> dict[str, float]:
+    """Entry point for ``python -m bench``: the figures above, as one flat dict."""
+    return asyncio.run(run_async(taps))

@@ -1,0 +1,166 @@
+"""The uplink through a real mosquitto: order, windows, resends, and acks that must change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from simulator.backoffice.txconsume import TxConsumer, TxStore
+from simulator.observer import Observer
+from simulator.services import Mosquitto
+from terminal.journal import Journal, Record, TxEntry
+from terminal.uplink import Ack, Uplink, encode_ack
+
+from txkit import uplink_config, wait_until
+
+pytestmark = pytest.mark.stack
+
+ACK_TOPIC = "unionterm/v1/t/T-1/ack"
+
+
+def clock() -> tuple[int, bool]:
+    return int(time.time() * 1000), True
+
+
+def entry(i: int) -> TxEntry:
+    return TxEntry(mode="access", kind="tap", decision="approve", reason="ok", member_no=f"M{i}", grants_value=True)
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, broker: Mosquitto, records: int = 0,
+                  **sections: dict) -> AsyncIterator[tuple[Journal, Uplink, list[Record]]]:
+    cfg = uplink_config(tmp_path / "state", broker.port, **sections)
+    async with Journal(tmp_path / "state" / "journal.db", "T-1", clock, cfg.journal) as journal:
+        written = await journal.append_batch(entry(i) for i in range(records))
+        uplink = Uplink(cfg, journal)
+        task = asyncio.create_task(uplink.run())
+        try:
+            yield journal, uplink, written
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
+async def acker(broker: Mosquitto) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="test-acker") as client:
+        yield client
+
+
+async def send_ack(client: aiomqtt.Client, payload: bytes) -> None:
+    await client.publish(ACK_TOPIC, payload, qos=1)
+
+
+def seqs(seen: Observer) -> list[int]:
+    return [m.json()["seq"] for m in seen.on("/tx")]
+
+
+async def test_records_go_out_in_order_and_acks_move_the_watermark(tmp_path: Path, broker: Mosquitto) -> None:
+    async with Observer(broker.port, "unionterm/v1/t/T-1/tx").running() as seen, \
+            running(tmp_path, broker, records=30) as (journal, uplink, records), acker(broker) as bo:
+        await seen.wait_for("/tx", 30)
+        assert seqs(seen) == list(range(1, 31))
+        await wait_until(lambda: journal.published_seq == 30, 5, "PUBACKs")
+        await send_ack(bo, encode_ack(Ack(30, records[29].hash)))
+        await wait_until(lambda: journal.acked_seq == 30, 5, "the ack")
+        assert uplink.highest_sent == 30 and uplink.acks["accepted"] == 1
+
+
+async def test_duplicate_stale_out_of_order_and_foreign_acks_change_nothing(
+        tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    async with Observer(broker.port, "unionterm/v1/t/T-1/tx").running() as seen, \
+            running(tmp_path, broker, records=10) as (journal, uplink, records), acker(broker) as bo:
+        await seen.wait_for("/tx", 10)
+        h = {r.seq: r.hash for r in records}
+        sends = [Ack(8, h[8]), Ack(8, h[8]), Ack(6, h[6]), Ack(9, h[8]), Ack(50, "0" * 64)]
+        for i, ack in enumerate(sends):
+            await send_ack(bo, encode_ack(ack))
+            await wait_until(lambda: sum(uplink.acks.values()) == i + 1, 5, f"ack {ack}")
+        assert journal.acked_seq == 8
+        assert dict(uplink.acks) == {"accepted": 1, "duplicate": 1, "stale": 1, "mismatch": 1, "above_sent": 1}
+        refused = [r.getMessage() for r in caplog.records if "event=ack_refused" in r.getMessage()]
+        assert any("reason=above_sent seq=50 highest_sent=10" in m for m in refused)
+        assert any("reason=mismatch seq=9" in m for m in refused)
+        garbage = [b"not json", b"\xff\xfe", b'{"seq": true, "hash": "' + b"0" * 64 + b'"}',
+                   b'{"seq": 9}', b'{"seq": 9, "hash": "' + b"a" * 64 + b'", "x": 1}', b"{" * 600]
+        caplog.clear()
+        for payload in garbage:
+            await send_ack(bo, payload)
+        await wait_until(lambda: sum("event=inbound_refused" in r.getMessage() for r in caplog.records)
+                         == len(garbage), 5, "every malformed ack refused with a log line")
+        assert journal.acked_seq == 8
+        await send_ack(bo, encode_ack(Ack(10, h[10])))
+        await wait_until(lambda: journal.acked_seq == 10, 5, "a good ack after all that")
+
+
+async def test_unacked_window_bounds_what_runs_ahead(tmp_path: Path, broker: Mosquitto) -> None:
+    async with Observer(broker.port, "unionterm/v1/t/T-1/tx").running() as seen, \
+            running(tmp_path, broker, records=20, uplink={"unacked_window": 5, "ack_timeout_s": 30.0}) \
+            as (journal, uplink, records), acker(broker) as bo:
+        await seen.wait_for("/tx", 5)
+        await asyncio.sleep(0.5)
+        assert seqs(seen) == [1, 2, 3, 4, 5]
+        await send_ack(bo, encode_ack(Ack(3, records[2].hash)))
+        await seen.wait_for("/tx", 8)
+        await asyncio.sleep(0.3)
+        assert seqs(seen) == list(range(1, 9))
+        assert journal.acked_seq == 3 and uplink.highest_sent == 8
+
+
+async def test_silence_from_the_back_office_makes_the_terminal_resend(tmp_path: Path, broker: Mosquitto) -> None:
+    async with Observer(broker.port, "unionterm/v1/t/T-1/tx").running() as seen, \
+            running(tmp_path, broker, records=4, uplink={"ack_timeout_s": 0.5}) as (journal, uplink, records), \
+            acker(broker) as bo:
+        await seen.wait_for("/tx", 8, timeout=5)  # everything once, then again after 0.5 s of silence
+        assert seqs(seen)[:8] == [1, 2, 3, 4, 1, 2, 3, 4]
+        await send_ack(bo, encode_ack(Ack(4, records[3].hash)))
+        await wait_until(lambda: journal.acked_seq == 4, 5, "the ack")
+        count = len(seen.on("/tx"))
+        await asyncio.sleep(1.5)
+        assert len(seen.on("/tx")) == count  # acknowledged: nothing is sent again
+        assert uplink.resends >= 1
+
+
+async def test_a_new_connection_resends_everything_unacknowledged(tmp_path: Path, broker: Mosquitto) -> None:
+    async with Observer(broker.port, "unionterm/v1/t/T-1/tx", persistent_id="bo-resend").running() as seen, \
+            running(tmp_path, broker, records=6) as (journal, uplink, records), acker(broker) as bo:
+        await seen.wait_for("/tx", 6)
+        await send_ack(bo, encode_ack(Ack(2, records[1].hash)))
+        await wait_until(lambda: journal.acked_seq == 2, 5, "the ack")
+    await asyncio.to_thread(broker.restart)
+    async with Observer(broker.port, "unionterm/v1/t/T-1/tx", persistent_id="bo-resend").running() as seen, \
+            running(tmp_path, broker) as (journal, uplink, _):
+        await seen.wait_for("/tx", 4)
+        assert seqs(seen)[-4:] == [3, 4, 5, 6]
+        assert journal.published_seq == 6
+
+
+async def test_a_long_backlog_drains_without_starving_live_taps(tmp_path: Path, broker: Mosquitto) -> None:
+    """5,000 records wait; live appends every 20 ms keep their pace and their latency while they drain."""
+    store = TxStore(tmp_path / "bo.db")
+    async with TxConsumer(store, port=broker.port, client_id="bo-backlog").running(), \
+            running(tmp_path, broker, records=5000) as (journal, uplink, _):
+        latencies: list[float] = []
+        start = time.perf_counter()
+        while journal.acked_seq < 5000:
+            t = time.perf_counter()
+            await journal.append(entry(0))
+            latencies.append(time.perf_counter() - t)
+            await asyncio.sleep(0.02)
+            assert time.perf_counter() - start < 60, "the backlog did not drain"
+        drained_s = time.perf_counter() - start
+        live = journal.last_seq
+        await wait_until(lambda: journal.acked_seq == live, 10, "the live taps delivered after the backlog")
+    assert store.seqs("T-1") == list(range(1, live + 1)) and store.report("T-1").ok
+    store.close()
+    expected = drained_s / 0.02  # if nothing held the loop, one append per 20 ms plus its own time
+    assert len(latencies) >= expected * 0.5, (len(latencies), expected)
+    latencies.sort()
+    assert latencies[len(latencies) * 95 // 100] < 0.1 and latencies[-1] < 0.5, latencies[-5:]
