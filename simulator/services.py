@@ -73,7 +73,8 @@ class ManagedProcess:
     name = "process"
 
     def __init__(self, workdir: Path | None = None) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"unionterm-{self.name}-"))
+        # absolute: the daemons change directory, so a relative path would point nowhere
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"unionterm-{self.name}-")).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.logfile = self.workdir / f"{self.name}.log"

@@ -103,6 +103,7 @@ class PubackDropper:
         self.port = free_port()
         self.swallow = False
         self.swallowed = 0
+        self.closed = False  # refuse new connections, as a broker that is down would
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -117,6 +118,9 @@ class PubackDropper:
             task.cancel()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.closed:
+            writer.close()
+            return
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
         except OSError:
@@ -176,12 +180,13 @@ async def test_lost_pubacks_bring_duplicates_that_dedup_removes(tmp_path: Path, 
             await asyncio.sleep(0.5)
             assert (journal.published_seq, journal.acked_seq, uplink.highest_sent) == (100, 100, window)
             assert proxy.swallowed >= cfg.mqtt.inflight
+            proxy.closed = True  # the terminal comes back only after the back office has (below)
             await asyncio.to_thread(broker.stop, True)  # kill -9: it dies before it ever answers
-            proxy.swallow = False
+            await wait_until(lambda: not backoffice.connected.is_set(), 10, "the back office to notice")
             await asyncio.to_thread(broker.start)
+            await asyncio.wait_for(backoffice.connected.wait(), 10)
+            proxy.swallow = proxy.closed = False
             await journal.append_batch(entries[200:])
-            # The killed broker also lost the back office's session: whatever it published before
-            # the back office subscribed again is gone, and only the ack timeout brings it back.
             await wait_until(lambda: journal.acked_seq == 300, 30, "everything acknowledged in the end")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
