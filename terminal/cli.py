@@ -65,6 +65,25 @@ def _systemd(notifier: Notifier) -> Callable[["Terminal"], Awaitable[None]]:
 
 
 async def _run_terminal(cfg: Config) -> None:
+    """Run until stopped; a signed "reload config" command starts a fresh terminal in place.
+
+    Reloading inside the process (rather than exiting 0) matters because the
+    unit restarts only on failure: an exit after a reload would leave the door
+    controller stopped.
+    """
+    while True:
+        terminal = await _run_once(cfg)
+        if not terminal.reload_requested:
+            return
+        reloaded = _load_config(cfg.source)
+        if reloaded is None:  # validated before the command was accepted; changed since
+            log.error("event=reload_failed detail=%r", "config invalid on reload; keeping the old one")
+        else:
+            cfg = reloaded
+        log.info("event=config_reloaded path=%s", cfg.source)
+
+
+async def _run_once(cfg: Config) -> "Terminal":
     from drivers.factory import open_hardware  # the only door from the CLI to real devices
     from drivers.gpio import make_factory
     from drivers.keypad import open_keypad
@@ -88,7 +107,12 @@ async def _run_terminal(cfg: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)
-        await terminal.run()
+        try:
+            await terminal.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    return terminal
 
 
 def _run(args: argparse.Namespace) -> int:

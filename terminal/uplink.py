@@ -49,6 +49,7 @@ from .exceptions import PayloadError, UniontermError
 from .journal import AckResult, Journal, Record
 from .signing import MAX_INT
 from .sync.strict import canonical_json, check_keys, get_hex64, get_int, loads_object
+from .tls import tls_params
 
 log = logging.getLogger("unionterm.uplink")
 
@@ -60,6 +61,8 @@ MAX_ACK_BYTES = 512
 #: The ack timeout doubles while acks stay away, up to this many times the configured one.
 MAX_ACK_BACKOFF = 16
 GOODBYE_TIMEOUT_S = 1.0
+#: aiomqtt does not notice a connection closed before CONNACK and waits this long for it.
+CONNECT_TIMEOUT_S = 5.0
 #: paho leaves Nagle's algorithm on: small PUBLISHes then wait for the peer's
 #: delayed ACK (~40 ms each round), capping a QoS 1 window at a few hundred/s.
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
@@ -191,6 +194,8 @@ class Uplink:
             max_inflight_messages=m.inflight,
             will=aiomqtt.Will(self.topics.status, self._presence("offline"), qos=1, retain=True),
             socket_options=NO_DELAY,
+            timeout=CONNECT_TIMEOUT_S,
+            tls_params=tls_params(self.cfg),  # client certificate per terminal (docs/install.md)
         )
         client.pending_calls_threshold = m.inflight + 10  # our window, not a leak
         return client

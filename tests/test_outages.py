@@ -103,24 +103,28 @@ class PubackDropper:
         self.port = free_port()
         self.swallow = False
         self.swallowed = 0
-        self.closed = False  # refuse new connections, as a broker that is down would
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> "PubackDropper":
+    async def listen(self) -> None:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    def refuse(self) -> None:
+        """Stop listening: connecting fails at once, as with a broker that is down."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def __aenter__(self) -> "PubackDropper":
+        await self.listen()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
+        self.refuse()
         for task in self._tasks:
             task.cancel()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.closed:
-            writer.close()
-            return
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
         except OSError:
@@ -180,12 +184,13 @@ async def test_lost_pubacks_bring_duplicates_that_dedup_removes(tmp_path: Path, 
             await asyncio.sleep(0.5)
             assert (journal.published_seq, journal.acked_seq, uplink.highest_sent) == (100, 100, window)
             assert proxy.swallowed >= cfg.mqtt.inflight
-            proxy.closed = True  # the terminal comes back only after the back office has (below)
+            proxy.refuse()  # the terminal comes back only after the back office has (below)
             await asyncio.to_thread(broker.stop, True)  # kill -9: it dies before it ever answers
             await wait_until(lambda: not backoffice.connected.is_set(), 10, "the back office to notice")
             await asyncio.to_thread(broker.start)
             await asyncio.wait_for(backoffice.connected.wait(), 10)
-            proxy.swallow = proxy.closed = False
+            proxy.swallow = False
+            await proxy.listen()
             await journal.append_batch(entries[200:])
             await wait_until(lambda: journal.acked_seq == 300, 30, "everything acknowledged in the end")
             task.cancel()
