@@ -39,7 +39,7 @@ from .modes import AccessMode, Entry, Mode, Ruling, build_mode
 from .rules.clock import Moment
 from .rules.door import DoorMode
 from .rules.membership import check_eligibility
-from .service_menu import SERVICE_DECISION, ServiceSession, is_service_card
+from .service_session import SERVICE_DECISION, ServiceSession, is_service_card
 from .storage import StorageState, screen_text
 from .telemetry import ListInfo, Telemetry
 from .timesource import wall_clock

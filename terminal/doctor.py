@@ -46,7 +46,7 @@ from .cards.sam import SoftwareSam
 from .config import Config
 from .exceptions import ConfigError, UniontermError
 from .journal import HeadFile, chain_hash
-from .members import stored_digest
+from .members import held_list_files, lists_dir_of, stored_digest
 from .storage import StorageState, disk_free, probe_directory
 from .timesource import CLOCK_FLOOR_S, kernel_synchronised, wall_clock
 
@@ -381,13 +381,6 @@ class HeldListFile:
     expires: int
 
 
-def _list_files(home: Path) -> list[tuple[str, Path]]:
-    """(scope, file) for every synced list: ``<db>.lists/<scope>.current`` names the file serving it."""
-    lists = home.with_suffix(".lists")
-    return [(pointer.name[:-len(".current")], lists / pointer.read_text(encoding="ascii").strip())
-            for pointer in sorted(lists.glob("*.current"))]
-
-
 def _quick_check(conn: sqlite3.Connection) -> str:
     verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
     orphans = conn.execute("SELECT count(*) FROM cards WHERE member_id NOT IN (SELECT id FROM members)").fetchone()[0]
@@ -433,7 +426,7 @@ def check_members(cfg: Config, now: float) -> Check:
         if damage:
             return fail("members", f"member store {home.name}: {damage}", resync)
         held = []
-        for scope, path in _list_files(home):
+        for scope, path in held_list_files(lists_dir_of(home)).items():
             found, problem = _check_list_file(scope, path)
             if problem:
                 return fail("members", problem, resync)

@@ -57,6 +57,7 @@ from typing import Any
 
 from .exceptions import PayloadError, ReplayError, StorageError
 from .model import Member, MemberStatus
+from .storage import fsync_path
 from .sync.delta import Delta
 from .sync.hotlist import Hotlist
 from .sync.records import canonical_line, quick_line, validate_member
@@ -156,12 +157,18 @@ def _connect(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+POINTER_SUFFIX = ".current"
+
+
+def lists_dir_of(home: Path) -> Path:
+    """Where the per-scope list files and their pointers live, beside the home database."""
+    return home.with_suffix(".lists")
+
+
+def held_list_files(lists_dir: Path) -> dict[str, Path]:
+    """scope -> the file its pointer names (read-only view of the layout; the file may be missing)."""
+    return {pointer.name[:-len(POINTER_SUFFIX)]: lists_dir / pointer.read_text(encoding="ascii").strip()
+            for pointer in sorted(lists_dir.glob(f"*{POINTER_SUFFIX}"))}
 
 
 def _write_pointer(pointer: Path, target: str) -> None:
@@ -172,7 +179,7 @@ def _write_pointer(pointer: Path, target: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, pointer)
-    _fsync(pointer.parent)
+    fsync_path(pointer.parent)
 
 
 def _read_meta(conn: sqlite3.Connection, scope: str) -> HeldList:
@@ -289,7 +296,7 @@ class SnapshotBuild:
         self.manifest = manifest
         self.scope = manifest.scope
         self.path = lists_dir / f"{self.scope}.v{manifest.version}.{secrets.token_hex(4)}.db"
-        self.pointer = lists_dir / f"{self.scope}.current"
+        self.pointer = lists_dir / f"{self.scope}{POINTER_SUFFIX}"
         self.added = 0
         self._now = now
         self._cancelled = threading.Event()
@@ -305,7 +312,7 @@ class SnapshotBuild:
         """Build, verify, sync to disk, then switch the pointer (the commit point)."""
         try:
             held = self._fill(records)
-            _fsync(self.path)
+            fsync_path(self.path)
             if self.cancelled:
                 raise BuildCancelled(self.scope)
             _write_pointer(self.pointer, self.path.name)
@@ -373,13 +380,13 @@ class MemberStore:
                  now: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lists_dir = self.path.with_suffix(".lists")
+        self.lists_dir = lists_dir_of(self.path)
         self.lists_dir.mkdir(exist_ok=True)
         self._now = now
         self._conn = _connect(self.path)
         self._create()
         if scopes is None:
-            scopes = sorted(p.name[:-len(".current")] for p in self.lists_dir.glob("*.current"))
+            scopes = sorted(held_list_files(self.lists_dir))
         self.scopes: tuple[str, ...] = tuple(check_scope(s) for s in scopes)
         self._lists: dict[str, tuple[sqlite3.Connection, Path] | None] = {}
         self.held: dict[str, HeldList] = {}
@@ -396,7 +403,7 @@ class MemberStore:
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _open_list(self, scope: str) -> None:
-        pointer = self.lists_dir / f"{scope}.current"
+        pointer = self.lists_dir / f"{scope}{POINTER_SUFFIX}"
         try:
             name = pointer.read_text(encoding="ascii").strip()
         except FileNotFoundError:
@@ -621,12 +628,11 @@ class MemberStore:
         opening the store must not delete a build in progress.
         """
         keep: set[str] = set()
-        for pointer in self.lists_dir.glob("*.current"):
-            name = pointer.read_text(encoding="ascii").strip()
-            keep.update({name, f"{name}-wal", f"{name}-shm"})
+        for path in held_list_files(self.lists_dir).values():
+            keep.update({path.name, f"{path.name}-wal", f"{path.name}-shm"})
         removed = []
         for entry in self.lists_dir.iterdir():
-            if entry.name.endswith(".current") or entry.name in keep:
+            if entry.name.endswith(POINTER_SUFFIX) or entry.name in keep:
                 continue
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -32,7 +32,6 @@ import datetime
 import grp
 import json
 import logging
-import math
 import os
 import pwd
 import re
@@ -55,6 +54,8 @@ from . import signing, tls
 from .cards.sam import SoftwareSam
 from .config import Config, parse
 from .exceptions import ConfigError, UniontermError
+from .storage import fsync_path
+from .tomlout import toml_text
 
 log = logging.getLogger("unionterm.provision")
 
@@ -75,64 +76,6 @@ CLIENT_CSR = "tls/terminal.csr"
 BACKOFFICE_KEY = "backoffice-{n}.pub"
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-
-
-# --- TOML out ------------------------------------------------------------------------------
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
-
-
-def _toml_string(value: str) -> str:
-    # JSON's escapes are all valid TOML basic-string escapes; DEL is the one control
-    # character JSON leaves raw and TOML forbids.
-    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_value(value: Any, where: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
-    raise TypeError(f"{where}: cannot write {type(value).__name__} to TOML")
-
-
-def toml_text(table: Mapping[str, Any], prefix: str = "") -> str:
-    """A TOML document for ``table`` (scalars, arrays of scalars, nested tables).
-
-    The terminal's config needs no more than that, and the standard library
-    only reads TOML, so this small writer saves a dependency.
-    """
-    lines: list[str] = []
-    subtables: list[tuple[str, Mapping[str, Any]]] = []
-    for key, value in table.items():
-        if value is None:
-            continue
-        dotted = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
-        if isinstance(value, Mapping):
-            subtables.append((dotted, value))
-        else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value, dotted)}")
-    out = []
-    if lines:
-        out.append((f"[{prefix}]\n" if prefix else "") + "\n".join(lines) + "\n")
-    elif prefix and not subtables:
-        out.append(f"[{prefix}]\n")
-    out.extend(toml_text(sub, dotted) for dotted, sub in subtables)
-    return "\n".join(out)
 
 
 # --- the input ---------------------------------------------------------------------------------
@@ -334,14 +277,6 @@ class Owners:
         os.fchown(fd, self.service_uid if secret else 0, self.service_gid if self.service_gid is not None else -1)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_file(path: Path, data: bytes, mode: int, owners: Owners = Owners(), secret: bool = False) -> None:
     """Write ``path`` atomically with exactly ``mode``: temp file, fsync, rename, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,7 +295,7 @@ def write_file(path: Path, data: bytes, mode: int, owners: Owners = Owners(), se
         raise
     os.close(fd)
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 # --- what gets written ---------------------------------------------------------------------------
@@ -640,6 +575,6 @@ def move_state_aside(cfg: Config) -> tuple[Path | None, int]:
                 moved += 1
     if not moved:
         return None, 0
-    _fsync_dir(state)
+    fsync_path(state)
     log.warning("event=state_moved_aside folder=%s unacked=%d", aside, unacked)
     return aside, unacked

@@ -37,12 +37,11 @@ from terminal.service_menu import (
     Page,
     Perform,
     ServiceMenu,
-    ServiceSession,
     Status,
     TxLine,
     age_text,
-    is_service_card,
 )
+from terminal.service_session import ServiceSession, is_service_card
 
 SCREENS = Path(__file__).resolve().parents[1] / "docs" / "screens"
 NOW_MS = 1_780_000_000_000  # 2026-05-29 04:26:40 in Shanghai
