@@ -165,6 +165,8 @@ class Uplink:
         except aiomqtt.MqttError as exc:
             log.warning("event=publish_failed topic=%s error=%r", topic, str(exc))
             return False
+        finally:
+            _honour_lost_cancel()
         return True
 
     async def refresh_presence(self) -> bool:
@@ -396,3 +398,17 @@ class Uplink:
             else:
                 await client.publish(self.topics.telemetry, payload, qos=0, timeout=PUBLISH_TIMEOUT_S)
             await asyncio.sleep(self.cfg.telemetry.interval_s)
+
+
+
+def _honour_lost_cancel() -> None:
+    """Re-raise a cancellation that Python 3.11's ``wait_for`` swallowed.
+
+    aiomqtt bounds a publish with ``asyncio.wait_for``; on 3.11, a cancel that
+    lands as the publish completes is lost, and a caller's loop would wait on
+    forever while its task group waits for it (a terminal that never stops).
+    The task still counts the request, so it is raised here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
