@@ -26,10 +26,12 @@ version row (``list_meta``), so a version can never disagree with content.
 The hot list lives in the home database and is untouched by any swap.
 
 Every list file stores each member as its exact canonical line (the bytes
-the back office signed over) plus a card index. Recomputing the list digest
-is therefore a plain SHA-256 over the lines in ``member_no`` order, cheap
-enough to verify every delta's stated digest inside its transaction and
-refuse it if the result differs. A look-up parses one line.
+the back office signed over) plus a card index, and its version row keeps
+the list's count and digest. The digest is a sum over lines, so a delta
+moves it by the lines it removes and adds: its stated digest is checked
+inside its transaction, in time proportional to the delta, and a mismatch
+rolls everything back. Recomputing from the lines (the doctor does) is a
+plain scan. A look-up parses one line.
 
 Reads run on the event-loop thread on purpose: a primary-key probe costs
 tens of microseconds, far less than a hop to a worker thread, and WAL lets a
@@ -41,7 +43,6 @@ each on its own connection. Card references are stored as 32-byte BLOB keys.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ from .model import Member, MemberStatus
 from .storage import fsync_path
 from .sync.delta import Delta
 from .sync.hotlist import Hotlist
-from .sync.records import canonical_line, quick_line, validate_member
+from .sync.records import EMPTY_DIGEST, ListDigest, canonical_line, quick_line, validate_member
 from .sync.report import ListState
 from .sync.snapshot import ListedRecord, Manifest
 from .sync.topics import check_scope
@@ -69,7 +70,6 @@ log = logging.getLogger("unionterm.members")
 
 #: The list of members loaded by hand (simulator, demo), kept in the home database.
 LOCAL = "local"
-EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 #: Bumped when the layout changes; a store of another layout is refused, not guessed at.
 SCHEMA_VERSION = 2
 _BATCH = 4096
@@ -117,7 +117,8 @@ class HeldList:
 
     ``issued`` and ``expires`` come from the newest manifest or delta
     applied (the back office vouched for the list as of ``issued``);
-    ``digest`` was recomputed from the stored lines when it was written.
+    ``count`` and ``digest`` are those of the stored lines, checked against
+    the signed figures whenever the lines changed.
     """
 
     scope: str
@@ -196,14 +197,11 @@ def _write_meta(conn: sqlite3.Connection, held: HeldList) -> None:
 
 
 def stored_digest(conn: sqlite3.Connection) -> tuple[int, str]:
-    """Count and list digest recomputed from the stored lines (``member_no`` order)."""
-    digest = hashlib.sha256()
-    count = 0
-    cursor = conn.execute("SELECT line FROM members ORDER BY member_no")
-    while rows := cursor.fetchmany(_BATCH):
-        digest.update(b"".join(row[0] for row in rows))
-        count += len(rows)
-    return count, digest.hexdigest()
+    """Count and list digest recomputed from the stored lines."""
+    digest = ListDigest()
+    for (line,) in conn.execute("SELECT line FROM members"):
+        digest.plus(line)
+    return digest.count, digest.hexdigest()
 
 
 def _refs_of_line(line: bytes) -> tuple[str, ...]:
@@ -214,14 +212,16 @@ def _refs_of_line(line: bytes) -> tuple[str, ...]:
 
 
 def _write_changes(conn: sqlite3.Connection, upserts: Iterable[Mapping[str, Any]],
-                   removals: Iterable[str] = ()) -> None:
+                   removals: Iterable[str] = (), digest: ListDigest | None = None) -> None:
     """Remove members and upsert canonical records, touching only what differs.
 
     A member that stays keeps its row and the card index entries of the
     cards it keeps, so a delta of 10,000 small changes rewrites ~10,000
     rows, not 10,000 rows plus 20,000 index entries twice over. Reads and
     writes go in batches: at this size the per-statement cost dominates.
+    ``digest``, the list's figures before the change, is moved to after it.
     """
+    digest = ListDigest() if digest is None else digest
     upserts, removals = list(upserts), list(removals)
     held = _rows_of(conn, [*removals, *(r["member_no"] for r in upserts)])
     next_id = (conn.execute("SELECT max(id) FROM members").fetchone()[0] or 0) + 1
@@ -232,6 +232,7 @@ def _write_changes(conn: sqlite3.Connection, upserts: Iterable[Mapping[str, Any]
         if member_no in held:
             member_id, line = held.pop(member_no)
             deleted.append((member_id,))
+            digest.minus(line)
             cards_gone += [(bytes.fromhex(ref), member_id) for ref in _refs_of_line(line)]
     for record in upserts:
         line = canonical_line(record)
@@ -246,6 +247,8 @@ def _write_changes(conn: sqlite3.Connection, upserts: Iterable[Mapping[str, Any]
         else:
             member_id, before = old[0], set(_refs_of_line(old[1]))
             updated.append((line, member_id))
+            digest.minus(old[1])
+        digest.plus(line)
         cards_gone += [(bytes.fromhex(ref), member_id) for ref in before - refs]
         cards_new += [(bytes.fromhex(ref), member_id) for ref in refs - before]
     conn.executemany("DELETE FROM members WHERE id = ?", deleted)
@@ -516,10 +519,11 @@ class MemberStore:
     def apply_delta(self, delta: Delta) -> HeldList:
         """Apply a verified delta in one transaction, or refuse it and change nothing.
 
-        Worker-thread safe (own connection). The list's count and digest are
-        recomputed inside the transaction and must equal the delta's stated
-        ones; otherwise it is rolled back and :class:`PayloadError` names the
-        difference (the caller then asks for a resync).
+        Worker-thread safe (own connection). The held count and digest,
+        moved by every line the delta removes and adds, must equal the
+        delta's stated ones inside the transaction; otherwise it is rolled
+        back and :class:`PayloadError` names the difference (the caller then
+        asks for a resync).
         """
         path = self.list_path(delta.scope)
         if path is None:
@@ -531,8 +535,9 @@ class MemberStore:
             held = _read_meta(conn, delta.scope)
             if held.version != delta.base:
                 raise ReplayError("delta.base", f"base {delta.base}, held version {held.version}")
-            _write_changes(conn, delta.upserts, delta.removals)
-            count, digest = stored_digest(conn)
+            figures = ListDigest(held.count, held.digest)
+            _write_changes(conn, delta.upserts, delta.removals, figures)
+            count, digest = figures.count, figures.hexdigest()
             if (count, digest) != (delta.count, delta.digest):
                 raise PayloadError("delta.digest", f"v{delta.version} gives {count} members with "
                                    f"digest {digest}, the delta says {delta.count} / {delta.digest}")

@@ -148,13 +148,24 @@ def test_missing_field_is_named() -> None:
     assert err.value.where == "member.pin_hash"
 
 
-def test_list_digest_is_sha256_of_sorted_canonical_lines(members) -> None:
+def test_list_digest_is_the_sum_of_the_lines_sha256(members) -> None:
     records = [validate_member(r) for r in members[:50]]
-    expected = hashlib.sha256(b"".join(
-        json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-        for r in sorted(records, key=lambda r: r["member_no"]))).hexdigest()
-    assert list_digest(records) == (50, expected)
-    assert list_digest([]) == (0, hashlib.sha256(b"").hexdigest())
+    lines = [json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+             for r in sorted(records, key=lambda r: r["member_no"])]
+    total = sum(int(hashlib.sha256(line).hexdigest(), 16) for line in lines) % 2 ** 256
+    assert list_digest(records) == (50, format(total, "064x"))
+    assert list_digest([]) == (0, "0" * 64)
+
+
+def test_a_change_moves_the_digest_to_that_of_the_changed_list(members) -> None:
+    records = [validate_member(r) for r in members[:30]]
+    changed = dict(records[7], status="left" if records[7]["status"] != "left" else "active")
+    after = [*records[:3], *records[4:7], changed, *records[8:]]
+    moved = ListDigest(*list_digest(records))
+    moved.minus(canonical_line(records[3]))
+    moved.minus(canonical_line(records[7]))
+    moved.plus(canonical_line(changed))
+    assert (moved.count, moved.hexdigest()) == list_digest(after) != list_digest(records)
 
 
 def test_list_digest_refuses_out_of_order_records() -> None:
@@ -305,7 +316,7 @@ def test_manifest_fields_are_validated(snapshot, mutate, where) -> None:
 def test_empty_scope_is_a_valid_snapshot() -> None:
     blob, chunks = build_snapshot([], "group-nobody", 1, KEY, ISSUED, EXPIRES)
     manifest = manifest_of(blob, "group-nobody")
-    assert (manifest.count, manifest.chunks, manifest.digest) == (0, (), hashlib.sha256(b"").hexdigest())
+    assert (manifest.count, manifest.chunks, manifest.digest) == (0, (), "0" * 64)
     assert list(iter_snapshot(manifest, chunks)) == []
 
 
@@ -501,7 +512,8 @@ def test_worked_example_in_the_protocol_document_holds(doc_examples) -> None:
     chunk = bytes.fromhex(doc_examples["chunk0"])
     records = list(iter_snapshot(manifest, [chunk]))
     assert b"".join(canonical_line(r) for r in records) == (doc_examples["lines"] + "\n").encode()
-    assert manifest.digest == hashlib.sha256(zlib.decompress(chunk)).hexdigest()
+    total = sum(int(hashlib.sha256(line).hexdigest(), 16) for line in zlib.decompress(chunk).splitlines(True))
+    assert manifest.digest == format(total % 2 ** 256, "064x")
     card_key = bytes(range(32))
     assert records[0]["cards"][1]["ref"] == card_ref(card_key, "union", bytes.fromhex("04A1B2C3D4E5F6")).hex()
     assert records[1]["cards"][0]["ref"] == card_ref(card_key, "ecard", "3300000002").hex()
