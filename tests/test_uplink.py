@@ -164,3 +164,37 @@ async def test_a_long_backlog_drains_without_starving_live_taps(tmp_path: Path, 
     assert len(latencies) >= expected * 0.5, (len(latencies), expected)
     latencies.sort()
     assert latencies[len(latencies) * 95 // 100] < 0.1 and latencies[-1] < 0.5, latencies[-5:]
+
+
+async def test_a_cancel_swallowed_by_wait_for_still_stops_the_task() -> None:
+    """Python 3.11's wait_for (inside every aiomqtt call) loses a cancel that lands as the call ends."""
+    from terminal.uplink import _bounded
+
+    fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    after: list[str] = []
+
+    async def caller() -> None:
+        await _bounded(asyncio.wait_for(fut, 10))
+        after.append("carried on")  # what a terminal that never stops did
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0)
+    fut.set_result("published")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert after == []
+
+
+async def test_a_cancel_count_left_behind_does_not_stop_later_calls() -> None:
+    """3.11's TaskGroup can leave the count raised after a child failed; that is not a request."""
+    from terminal.uplink import _bounded
+
+    async def caller() -> str:
+        asyncio.current_task().cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)  # taken and dropped without uncancel(): the count stays at 1
+        return await _bounded(asyncio.sleep(0, "published"))
+
+    assert await asyncio.wait_for(asyncio.create_task(caller()), 2) == "published"
