@@ -9,10 +9,11 @@ decision (WAL, ``synchronous=FULL``).
 ``auth_floor_p99_ms``: from the same moment, bare pyscard connects, sends the
 very bytes the terminal sent in one of its taps to the same simulated card,
 disconnects, and commits one row of the same size to a SQLite file with the
-same settings. The card answers the replayed authentication with an error
-(its challenge is new each time), which costs it no more than the real
-exchange; the floor computes no cryptography, looks up no member and decides
-nothing, so the difference is everything the terminal adds.
+journal's settings. The card draws the same random numbers it drew in that
+tap (RndB, TI), so it answers the replay byte for byte as it answered the
+terminal (checked on every floor tap) and does the same work; the floor
+computes no cryptography, looks up no member and decides nothing, so the
+difference is everything the terminal adds.
 
 Blocks of terminal taps and floor taps alternate so a noisy machine weighs on
 both. The 1.1M-member list takes minutes to generate; it is built once into
@@ -37,6 +38,7 @@ from simulator.cards.desfire import UnionCard
 from simulator.rig import Rig
 from simulator.services import Pcscd
 from simulator.vcard import VirtualCard
+from terminal import journal
 from terminal.members import MemberStore
 
 from .stats import percentile
@@ -49,19 +51,44 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "uniont
 
 
 class Recording:
-    """A card behaviour that keeps the C-APDUs it was sent, to replay them on the floor."""
+    """A card behaviour that keeps one tap's exchange: commands, answers, random numbers drawn.
+
+    After :meth:`replay`, the card draws the recorded numbers again at every
+    placement, so the recorded commands get the recorded answers.
+    """
 
     def __init__(self, inner: UnionCard) -> None:
         self.inner = inner
         self.atr = inner.atr
         self.apdus: list[bytes] = []
+        self.answers: list[bytes] = []
+        self.drawn: list[bytes] = []
+        self._replay: tuple[bytes, ...] | None = None
+        self._next = 0
+        inner.entropy = self._entropy
+
+    def clear(self) -> None:
+        self.apdus, self.answers, self.drawn = [], [], []
+
+    def replay(self, drawn: list[bytes]) -> None:
+        self._replay = tuple(drawn)
+
+    def _entropy(self, n: int) -> bytes:
+        if self._replay is None:
+            self.drawn.append(os.urandom(n))
+            return self.drawn[-1]
+        value = self._replay[self._next]
+        self._next += 1
+        return value
 
     def reset(self) -> None:
+        self._next = 0
         self.inner.reset()
 
     def respond(self, capdu: bytes) -> bytes:
         self.apdus.append(capdu)
-        return self.inner.respond(capdu)
+        self.answers.append(self.inner.respond(capdu))
+        return self.answers[-1]
 
 
 def member_list(count: int = MEMBERS, seed: int = SEED) -> Path:
@@ -95,10 +122,10 @@ class Floor:
         assert hr == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hr)
         self.state = scard.SCARD_STATE_UNAWARE
         self.conn = sqlite3.connect(db, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS tx (seq INTEGER PRIMARY KEY, body TEXT NOT NULL,"
-                          " hash TEXT NOT NULL, at_ms INTEGER NOT NULL)")
+        self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        for pragma in journal.PRAGMAS:
+            self.conn.execute(f"PRAGMA {pragma}")
+        self.conn.executescript(journal.SCHEMA)
 
     def close(self) -> None:
         self.conn.close()
@@ -110,7 +137,8 @@ class Floor:
             if hr == scard.SCARD_S_SUCCESS:
                 self.state = result[0][1] & ~scard.SCARD_STATE_CHANGED
 
-    def tap(self, card: Recording, apdus: list[bytes], row_bytes: int) -> tuple[float, float]:
+    def tap(self, card: Recording, apdus: list[bytes], answers: list[bytes], row_bytes: int
+            ) -> tuple[float, float]:
         """One tap: ms from PC/SC reporting the card to the card released, and to the row being durable."""
         vcard = VirtualCard(card, self.pcscd.card_port())
         vcard.place()
@@ -120,9 +148,9 @@ class Floor:
             hr, handle, proto = scard.SCardConnect(self.ctx, self.reader, scard.SCARD_SHARE_SHARED,
                                                    scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
             assert hr == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hr)
-            for command in apdus:
+            for command, answer in zip(apdus, answers):
                 hr, response = scard.SCardTransmit(handle, proto, list(command))
-                assert hr == scard.SCARD_S_SUCCESS and len(response) >= 2, hr
+                assert hr == scard.SCARD_S_SUCCESS and bytes(response) == answer, (hr, response, answer)
             scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
             card_done = time.perf_counter()
             self.conn.execute("BEGIN IMMEDIATE")
@@ -136,12 +164,13 @@ class Floor:
         return (card_done - t0) * 1000, (done - t0) * 1000
 
 
-def floor_block(pcscd: Pcscd, reader: str, db: Path, card: Recording, apdus: list[bytes], row_bytes: int,
+def floor_block(pcscd: Pcscd, reader: str, db: Path, card: Recording, tap: Recording, row_bytes: int,
                 n: int) -> list[tuple[float, float]]:
-    """``n`` floor taps on one thread (SQLite connections are bound to theirs)."""
+    """``n`` floor taps replaying ``tap`` on one thread (SQLite connections are bound to theirs)."""
     floor = Floor(pcscd, reader, db)
+    card.replay(tap.drawn)
     try:
-        return [floor.tap(card, apdus, row_bytes) for _ in range(n)]
+        return [floor.tap(card, tap.apdus, tap.answers, row_bytes) for _ in range(n)]
     finally:
         floor.close()
 
@@ -164,29 +193,29 @@ async def run_async(taps: int = 300, block: int = 50, members: int = MEMBERS) ->
                 listed = rig.terminal.members.count()
                 person = rig.people[0]
                 card = Recording(rig.union_card(person))
+                floor_card = Recording(rig.union_card(person))  # the same card, personalised again
                 reader = rig.reader_name
-                apdus: list[bytes] = []
                 row_bytes = 0
                 while len(terminal_ms) < taps:
                     n = min(block, taps - len(terminal_ms))
                     for _ in range(n):
-                        card.apdus.clear()
+                        card.clear()
                         outcome = await rig.tap(card)
                         assert outcome.decision.approved and outcome.record is not None, outcome.decision
                         timings = outcome.timings_ms
                         terminal_ms.append(timings["commit"])
                         read_ms.append(timings["read"])
                         journal_ms.append(timings["commit"] - timings["decide"])
-                        apdus, row_bytes = list(card.apdus), len(outcome.record.body.encode())
+                        row_bytes = len(outcome.record.body.encode())
                     await rig.stop_terminal()  # the floor needs the reader to itself
                     floor += await asyncio.to_thread(floor_block, pcscd, reader, work / "floor.db",
-                                                        card, apdus, row_bytes, n)
+                                                     floor_card, card, row_bytes, n)
                     await rig.start_terminal()
                     print(f"  auth: {len(terminal_ms)}/{taps} taps", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     floor_ms, floor_card_ms = [total for _, total in floor], [card_part for card_part, _ in floor]
-    figures = {"auth_apdus_per_tap": float(len(apdus)), "auth_members_listed": float(listed),
+    figures = {"auth_apdus_per_tap": float(len(card.apdus)), "auth_members_listed": float(listed),
                "auth_samples": float(len(terminal_ms))}
     # Where the time goes: the card exchange (PC/SC report to card released) and the journal commit.
     for name, values in (("auth_tap_to_decision", terminal_ms), ("auth_floor", floor_ms),

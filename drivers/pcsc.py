@@ -6,6 +6,10 @@ must not. This driver owns one monitor thread that waits in
 reader for hot-plug), re-establishes its context whenever the service goes
 away, and hands events to the loop through :class:`terminal.bridge.LoopBridge`.
 
+When the app gives it arrival work (:meth:`PcscReader.read_on_arrival`), the
+monitor thread itself reads each card the moment it sees it, as bare pyscard
+would, and the loop hears of the card with its outcome.
+
 Card I/O uses a second context: pcsc-lite serialises calls per context, so a
 transmit on the monitor's context would wait for the status-change timeout.
 """
@@ -19,17 +23,18 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from smartcard import scard
 
 from terminal.bridge import LoopBridge
 from terminal.exceptions import CardError, CardRemoved, ReaderUnavailable
-from terminal.hardware import CardChannel, CardGone, CardPresent, ReaderEvent, ReaderState
+from terminal.hardware import CardChannel, CardGone, CardPresent, CardRead, ReaderEvent, ReaderState
 
 log = logging.getLogger("unionterm.drivers.pcsc")
 
-T = TypeVar("T")
+#: What the app runs on each arriving card (see :meth:`PcscReader.read_on_arrival`).
+ArrivalWork = Callable[[CardChannel, bytes], Awaitable[object]]
 
 PNP = "\\\\?PnP?\\Notification"
 
@@ -94,7 +99,7 @@ class PcscChannel:
 
 
 class InlineChannel:
-    """The same card handle, transmitting in the caller's thread (the reader's I/O thread)."""
+    """The same card handle, transmitting in the caller's thread (the monitor thread)."""
 
     def __init__(self, channel: PcscChannel) -> None:
         self._channel = channel
@@ -104,8 +109,8 @@ class InlineChannel:
         return self._channel.transmit_blocking(apdu)
 
 
-class _Suspended(Exception):
-    """The exchange tried to wait on the event loop; it cannot run inline."""
+class _Suspended(CardError):
+    """The arrival work tried to wait on the event loop; it cannot run inline."""
 
 
 def _drive(coro: Any) -> Any:
@@ -115,7 +120,7 @@ def _drive(coro: Any) -> Any:
     except StopIteration as done:
         return done.value
     coro.close()
-    raise _Suspended("a card exchange awaited something other than the card")
+    raise _Suspended("the card's arrival work awaited something other than the card")
 
 
 class PcscReader:
@@ -134,6 +139,7 @@ class PcscReader:
         #: Connections the monitor started the moment a card arrived, until the loop takes them.
         self._opening: dict[str, Future[PcscChannel]] = {}
         self._open_lock = threading.Lock()
+        self._on_arrival: ArrivalWork | None = None
         self.readers: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -166,6 +172,21 @@ class PcscReader:
     def events(self) -> LoopBridge[ReaderEvent]:
         assert self._bridge is not None, "use 'async with PcscReader()' first"
         return self._bridge
+
+    def read_on_arrival(self, work: ArrivalWork | None) -> None:
+        """Run ``work(channel, atr)`` on each card as it arrives, before the loop hears of it.
+
+        The monitor thread that sees the card connects at once, runs the
+        whole exchange, posts one :class:`CardPresent` carrying the outcome
+        and only then releases the card: no thread hand-off and no loop round
+        trip inside a tap, which is all bare pyscard would do. A union-card
+        authentication through the loop cost about twice that floor.
+        Meanwhile other readers' events wait (a terminal has one tap reader;
+        an exchange takes milliseconds, and a card that falls silent fails at
+        the reader's timeout). ``work`` must wait on nothing but its channel
+        (the app's ``Identify.inline``); None turns this off.
+        """
+        self._on_arrival = work
 
     # -- card connections -----------------------------------------------------------------
 
@@ -268,32 +289,32 @@ class PcscReader:
         finally:
             self._release(channel)
 
-    async def exchange(self, reader: str, work: Callable[[CardChannel], Awaitable[T]]) -> T:
-        """Run a whole card exchange on the reader's I/O thread: one thread hop per tap.
-
-        Each APDU through :meth:`connect`'s channel costs a round trip between
-        the loop and the I/O thread (~0.15 ms); a union-card authentication is
-        five to eight of them. ``work`` must not wait on the loop (only on its
-        channel); the caller says so (``Identify.inline``). The handle is
-        released on the same thread afterwards, so the next card is detected.
-        """
-        with self._open_lock:
-            early = self._opening.pop(reader, None)
-
-        def run() -> T:
-            channel = early.result() if early is not None else self.connect_blocking(reader)
-            try:
-                return _drive(work(InlineChannel(channel)))
-            finally:
-                self.disconnect_blocking(channel)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor(reader), run)
-
     # -- monitor thread ---------------------------------------------------------------------
 
     def _post(self, event: ReaderEvent) -> None:
         assert self._bridge is not None
         self._bridge.put_threadsafe(event)
+
+    def _arrived(self, reader: str, atr: bytes, detected_at: float) -> None:
+        """Monitor thread, as a card arrives: read it now, or have the loop told at once."""
+        work = self._on_arrival
+        if work is None:
+            self._open_early(reader)
+            self._post(CardPresent(reader, atr, detected_at))
+            return
+        try:
+            channel = self.connect_blocking(reader)
+        except Exception as exc:  # noqa: BLE001 - delivered to the loop, which judges it
+            self._post(CardPresent(reader, atr, detected_at, CardRead(error=exc)))
+            return
+        try:
+            try:
+                outcome = CardRead(value=_drive(work(InlineChannel(channel), atr)))
+            except Exception as exc:  # noqa: BLE001 - as above
+                outcome = CardRead(error=exc)
+            self._post(CardPresent(reader, atr, detected_at, outcome))
+        finally:
+            self.disconnect_blocking(channel)  # after the post: the decision need not wait for it
 
     def _wanted(self, names: list[str]) -> list[str]:
         return [n for n in names if self.name_filter in n]
@@ -368,8 +389,7 @@ class PcscReader:
                     event_state & scard.SCARD_STATE_MUTE
                 )
                 if is_present and not present.get(name):
-                    self._open_early(name)
-                    self._post(CardPresent(name, bytes(atr), now))
+                    self._arrived(name, bytes(atr), now)
                 elif not is_present and present.get(name):
                     self._forget_early(name)
                     self._post(CardGone(name))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .bridge import LoopBridge
 from .cardref import card_ref
@@ -108,7 +108,8 @@ class Terminal:
         self.card_key = load_card_key(cfg.config_path(cfg.members.card_key_file))
         self.cards = build_card_layer(cfg, self.card_key, hardware.reader, known_ref=lambda ref: (
             self.members is not None and self.members.lookup(ref).member is not None))
-        self.identify = identify or self.cards.identify
+        self._reader_armed = False
+        self._identify: Identify = identify or self.cards.identify
         self.lang = cfg.terminal.language
         self.members: MemberStore | None = None
         self.journal: Journal | None = None
@@ -145,6 +146,32 @@ class Terminal:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def identify(self) -> Identify:
+        """How a card is read; replacing it while running re-arms the reader."""
+        return self._identify
+
+    @identify.setter
+    def identify(self, identify: Identify) -> None:
+        self._identify = identify
+        self._arm_reader()
+
+    def _arm_reader(self) -> None:
+        """Let the reader's own thread read each card as it arrives, when the Identify allows it.
+
+        That takes the thread hand-offs out of a tap. An Identify that waits
+        on the loop (a PC/SC SAM in another slot) is run from the loop instead.
+        """
+        read_on_arrival = getattr(self.hw.reader, "read_on_arrival", None)
+        if read_on_arrival is not None and self._reader_armed:
+            read_on_arrival(self._identify if getattr(self._identify, "inline", False) else None)
+
+    def _disarm_reader(self) -> None:
+        self._reader_armed = False
+        read_on_arrival = getattr(self.hw.reader, "read_on_arrival", None)
+        if read_on_arrival is not None:
+            read_on_arrival(None)
+
     def request_stop(self) -> None:
         """Stop taking new taps; the one in flight finishes, then :meth:`run` returns."""
         self._stopping.set()
@@ -174,6 +201,9 @@ class Terminal:
             log.info("event=terminal_started id=%s mode=%s members=%d",
                      self.cfg.terminal.id, self.cfg.terminal.mode, self.members.count())
             self.started.set()
+            self._reader_armed = True
+            self._arm_reader()
+            stack.callback(self._disarm_reader)
             try:
                 async with asyncio.TaskGroup() as tg:
                     self._reader_task = tg.create_task(self._read_loop(tg), name="cards")
@@ -210,7 +240,10 @@ class Terminal:
                     log.info("event=tap_ignored reason=stopping reader=%r", event.reader)
                     continue
                 self._busy += 1
-                tg.create_task(self._read_card(event))
+                if event.read is not None:  # read as it arrived: nothing left to wait for
+                    await self._read_card(event)
+                else:
+                    tg.create_task(self._read_card(event))
             elif isinstance(event, CardGone):
                 self.cards_present[event.reader] = False
                 log.debug("event=card_gone reader=%r", event.reader)
@@ -224,10 +257,8 @@ class Terminal:
     async def _read_card(self, event: CardPresent) -> None:
         tap = Tap(event.reader, event.detected_at)
         try:
-            exchange = getattr(self.hw.reader, "exchange", None)
-            if exchange is not None and getattr(self.identify, "inline", False):
-                # the whole exchange on the reader's thread: one hop per tap, not one per APDU
-                tap.identity = await exchange(event.reader, lambda ch: self.identify(ch, event.atr))
+            if event.read is not None:
+                tap.identity = cast(CardIdentity, event.read.result())
             else:
                 async with self.hw.reader.connect(event.reader) as channel:
                     tap.identity = await self.identify(channel, event.atr)

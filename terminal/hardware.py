@@ -22,16 +22,32 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class CardRead:
+    """What a reader's arrival work (``CardReader.read_on_arrival``) made of a card."""
+
+    value: object = None
+    error: Exception | None = None
+
+    def result(self) -> object:
+        """The work's result; raises what the work raised."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass(frozen=True)
 class CardPresent:
     """A card entered the field of ``reader``.
 
     ``detected_at`` is ``time.perf_counter()`` when the driver first learned of
-    the card; latency figures are measured from it.
+    the card; latency figures are measured from it. ``read`` is set when the
+    reader already ran the app's arrival work on the card (and released it).
     """
 
     reader: str
     atr: bytes
     detected_at: float
+    read: CardRead | None = None
 
 
 @dataclass(frozen=True)
@@ -74,9 +90,10 @@ class CardReader(Protocol):
         """Open the card on ``reader``; the handle is released on exit, always."""
         ...
 
-    # Optional: ``async exchange(reader, work) -> T`` runs ``work(channel)`` to its end
-    # on the reader's own thread (one thread hop per tap). Only for work that waits on
-    # nothing but the card; the app uses it when its Identify says ``inline``.
+    # Optional: ``read_on_arrival(work)`` makes the reader run ``await work(channel, atr)``
+    # on every arriving card in its own thread, before telling the loop, and deliver the
+    # outcome in ``CardPresent.read``. Only for work that waits on nothing but the card;
+    # the app gives it when its Identify says ``inline``.
 
 
 class AsyncIteratorLike(Protocol):

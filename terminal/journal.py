@@ -76,7 +76,9 @@ PRUNE_EVERY_S = 600.0
 INLINE_PROBE_S = 0.5
 WAL_SIZE_LIMIT = 4 << 20
 
-_SCHEMA = """
+#: Every connection's settings (a fresh file is made ``auto_vacuum=INCREMENTAL`` first).
+PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", f"journal_size_limit={WAL_SIZE_LIMIT}")
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS tx (
     seq INTEGER PRIMARY KEY,
     body TEXT NOT NULL,
@@ -357,10 +359,9 @@ class Journal:
             fresh = conn.execute("PRAGMA page_count").fetchone()[0] == 0
             if fresh:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-            conn.executescript(_SCHEMA)
+            for pragma in PRAGMAS:
+                conn.execute(f"PRAGMA {pragma}")
+            conn.executescript(SCHEMA)
             columns = {r[1] for r in conn.execute("PRAGMA table_info(tx)")}
             if "published" in columns:  # a walking-skeleton journal: carry its flag over once
                 self._migrate_flags(conn)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -161,6 +162,9 @@ class UnionCard:
     pull_at: int | None = None
     atr: bytes = ATR_DESFIRE
     aid: bytes = UNION_AID
+    #: Where the card's random numbers come from (RndB, TI, a random UID); a bench that
+    #: replays a recorded exchange gives back the numbers drawn then.
+    entropy: Callable[[int], bytes] = field(default=os.urandom, repr=False)
     _count: int = field(default=0, init=False, repr=False)
     _selected: bool = field(default=False, init=False, repr=False)
     _pending: tuple[int, bytes] | None = field(default=None, init=False, repr=False)
@@ -187,7 +191,7 @@ class UnionCard:
         self._selected = False
         self._pending = None
         self._session = None
-        self._shown_uid = b"\x08" + os.urandom(3) if self.random_uid else self.uid
+        self._shown_uid = b"\x08" + self.entropy(3) if self.random_uid else self.uid
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -229,7 +233,7 @@ class UnionCard:
         key_no = data[0]
         if key_no not in self.keys:
             return ST_NO_KEY
-        rnd_b = os.urandom(16)
+        rnd_b = self.entropy(16)
         self._pending = (key_no, rnd_b)
         challenge = cbc(self.keys[key_no], bytes(16), rnd_b)
         if self.fault is Fault.SHORT_CHALLENGE:
@@ -245,12 +249,12 @@ class UnionCard:
         key_no, rnd_b = pending
         key = self.keys[key_no]
         if self.fault is Fault.FORGED_AUTH:
-            return os.urandom(32) + ST_OK
+            return self.entropy(32) + ST_OK
         plain = cbc(key, bytes(16), data, decrypt=True)
         rnd_a = plain[:16]
         if plain[16:] != _rotl(rnd_b):
             return ST_AUTH_ERROR
-        ti = os.urandom(4)
+        ti = self.entropy(4)
         sv = rnd_a[0:2] + bytes(x ^ y for x, y in zip(rnd_a[2:8], rnd_b[0:6])) + rnd_b[6:] + rnd_a[8:]
         self._session = _Session(
             key_no,
