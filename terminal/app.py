@@ -160,17 +160,17 @@ class Terminal:
         """Let the reader's own thread read each card as it arrives, when the Identify allows it.
 
         That takes the thread hand-offs out of a tap. An Identify that waits
-        on the loop (a PC/SC SAM in another slot) is run from the loop instead.
+        on the loop (a PC/SC SAM in another slot) is run from the loop instead,
+        and so is every card once the terminal stops.
         """
         read_on_arrival = getattr(self.hw.reader, "read_on_arrival", None)
-        if read_on_arrival is not None and self._reader_armed:
-            read_on_arrival(self._identify if getattr(self._identify, "inline", False) else None)
+        if read_on_arrival is not None:
+            inline = self._reader_armed and getattr(self._identify, "inline", False)
+            read_on_arrival(self._identify if inline else None)
 
     def _disarm_reader(self) -> None:
         self._reader_armed = False
-        read_on_arrival = getattr(self.hw.reader, "read_on_arrival", None)
-        if read_on_arrival is not None:
-            read_on_arrival(None)
+        self._arm_reader()
 
     def request_stop(self) -> None:
         """Stop taking new taps; the one in flight finishes, then :meth:`run` returns."""
