@@ -39,11 +39,12 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 
 from . import __version__
+from .cancels import bounded, cancels_requested, raise_lost_cancel
 from .config import Config
 from .exceptions import PayloadError, UniontermError
 from .journal import AckResult, Journal, Record
@@ -51,7 +52,6 @@ from .signing import MAX_INT
 from .sync.strict import canonical_json, check_keys, get_hex64, get_int, loads_object
 from .tls import tls_params
 
-T = TypeVar("T")
 log = logging.getLogger("unionterm.uplink")
 
 PUBLISH_TIMEOUT_S = 10.0
@@ -162,7 +162,7 @@ class Uplink:
         if client is None:
             return False
         try:
-            await _bounded(client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S))
+            await bounded(client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT_S))
         except aiomqtt.MqttError as exc:
             log.warning("event=publish_failed topic=%s error=%r", topic, str(exc))
             return False
@@ -209,13 +209,15 @@ class Uplink:
         m = self.cfg.mqtt
         while True:
             client = self._new_client()
+            cancels = cancels_requested()
             try:
-                async with client:
+                async with client:  # its CONNACK wait is a wait_for too: a stop there can be lost
                     attempt = 0
                     self.connects += 1
                     self._client = client
                     log.info("event=broker_connected host=%s port=%d", m.host, m.port)
                     try:
+                        raise_lost_cancel(cancels)
                         await self._session(client)
                     except asyncio.CancelledError:
                         await self._goodbye(client)
@@ -234,10 +236,10 @@ class Uplink:
                 self.connected.clear()
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        await _bounded(client.publish(self.topics.status, self._presence("online"), qos=1, retain=True,
+        await bounded(client.publish(self.topics.status, self._presence("online"), qos=1, retain=True,
                                       timeout=PUBLISH_TIMEOUT_S))
         for topic_filter in self._handlers:
-            await _bounded(client.subscribe(topic_filter, qos=1, timeout=PUBLISH_TIMEOUT_S))
+            await bounded(client.subscribe(topic_filter, qos=1, timeout=PUBLISH_TIMEOUT_S))
         self.connected.set()  # announced, subscribed: now it can be talked to
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._drain(client), name="uplink-drain")
@@ -323,7 +325,7 @@ class Uplink:
     async def _publish_one(self, client: aiomqtt.Client, record: Record, slots: asyncio.Semaphore,
                            done: set[int]) -> None:
         try:
-            await _bounded(client.publish(self.topics.tx, record.body.encode(), qos=1,
+            await bounded(client.publish(self.topics.tx, record.body.encode(), qos=1,
                                           timeout=PUBLISH_TIMEOUT_S))
         finally:
             slots.release()
@@ -396,27 +398,5 @@ class Uplink:
             except Exception:  # noqa: BLE001 - a broken figure must not stop the uplink
                 log.exception("event=telemetry_error")
             else:
-                await _bounded(client.publish(self.topics.telemetry, payload, qos=0, timeout=PUBLISH_TIMEOUT_S))
+                await bounded(client.publish(self.topics.telemetry, payload, qos=0, timeout=PUBLISH_TIMEOUT_S))
             await asyncio.sleep(self.cfg.telemetry.interval_s)
-
-
-
-async def _bounded(call: Awaitable[T]) -> T:
-    """Await an aiomqtt call, re-raising a cancellation Python 3.11's ``wait_for`` swallowed.
-
-    aiomqtt bounds publish and subscribe with ``asyncio.wait_for``; on 3.11, a
-    cancel that lands as the call completes is lost, and the task carries on
-    as if never asked to stop while its task group waits for it (a terminal
-    that never stops: seen after a publish, and after the subscribe at
-    connect). The task still counts the request, so a count that rose during
-    the call is raised here. Only a rise: 3.11's TaskGroup can leave a count
-    behind after a child failed (a broker outage), which must not stop a
-    later call.
-    """
-    task = asyncio.current_task()
-    before = task.cancelling() if task is not None else 0
-    try:
-        return await call
-    finally:
-        if task is not None and task.cancelling() > before:
-            raise asyncio.CancelledError

@@ -14,6 +14,7 @@ import pytest
 from simulator.backoffice.txconsume import TxConsumer, TxStore
 from simulator.observer import Observer
 from simulator.services import Mosquitto
+from terminal.cancels import bounded
 from terminal.journal import Journal, Record, TxEntry
 from terminal.uplink import Ack, Uplink, encode_ack
 
@@ -168,13 +169,12 @@ async def test_a_long_backlog_drains_without_starving_live_taps(tmp_path: Path, 
 
 async def test_a_cancel_swallowed_by_wait_for_still_stops_the_task() -> None:
     """Python 3.11's wait_for (inside every aiomqtt call) loses a cancel that lands as the call ends."""
-    from terminal.uplink import _bounded
 
     fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     after: list[str] = []
 
     async def caller() -> None:
-        await _bounded(asyncio.wait_for(fut, 10))
+        await bounded(asyncio.wait_for(fut, 10))
         after.append("carried on")  # what a terminal that never stops did
         await asyncio.Event().wait()
 
@@ -189,12 +189,32 @@ async def test_a_cancel_swallowed_by_wait_for_still_stops_the_task() -> None:
 
 async def test_a_cancel_count_left_behind_does_not_stop_later_calls() -> None:
     """3.11's TaskGroup can leave the count raised after a child failed; that is not a request."""
-    from terminal.uplink import _bounded
 
     async def caller() -> str:
         asyncio.current_task().cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0)  # taken and dropped without uncancel(): the count stays at 1
-        return await _bounded(asyncio.sleep(0, "published"))
+        return await bounded(asyncio.sleep(0, "published"))
 
     assert await asyncio.wait_for(asyncio.create_task(caller()), 2) == "published"
+
+
+async def test_a_stop_that_lands_as_the_broker_accepts_still_stops_the_uplink(tmp_path: Path,
+                                                                            broker: Mosquitto) -> None:
+    """The CONNACK wait inside ``async with client`` is a wait_for too (a terminal that never stopped in CI)."""
+    cfg = uplink_config(tmp_path / "state", broker.port)
+    async with Journal(tmp_path / "state" / "journal.db", "T-1", clock, cfg.journal) as journal:
+        uplink = Uplink(cfg, journal)
+        make_client = uplink._new_client
+
+        def stopped_at_connack() -> aiomqtt.Client:
+            client = make_client()
+            # aiomqtt resolves this future on CONNACK; stop the uplink in that very callback round
+            client._connected.add_done_callback(lambda _: task.cancel())
+            return client
+
+        uplink._new_client = stopped_at_connack  # type: ignore[method-assign]
+        task = asyncio.create_task(uplink.run())
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert uplink.connects == 1 and not uplink.connected.is_set()

@@ -47,6 +47,7 @@ from typing import Any, TextIO
 import aiomqtt
 
 from terminal import logs
+from terminal.cancels import bounded, cancels_requested, raise_lost_cancel
 from terminal.exceptions import PayloadError
 from terminal.journal import GENESIS, KIND_RESET, chain_hash
 from terminal.signing import MAX_INT
@@ -358,10 +359,12 @@ class TxConsumer:
         while True:
             client = aiomqtt.Client(self.host, self.port, identifier=self.client_id, clean_session=False,
                                     socket_options=NO_DELAY)
+            cancels = cancels_requested()
             try:
                 async with client:
+                    raise_lost_cancel(cancels)
                     attempt = 0
-                    await client.subscribe(tx_filter(self.prefix), qos=1)
+                    await bounded(client.subscribe(tx_filter(self.prefix), qos=1))
                     self.connected.set()
                     log.info("event=backoffice_connected host=%s port=%d", self.host, self.port)
                     await self._consume(client)
@@ -406,7 +409,7 @@ class TxConsumer:
 
     async def _ack(self, client: aiomqtt.Client, due: Sequence[tuple[str, Ack]]) -> None:
         for terminal, ack in due:
-            await client.publish(f"{self.prefix}/t/{terminal}/ack", encode_ack(ack), qos=1)
+            await bounded(client.publish(f"{self.prefix}/t/{terminal}/ack", encode_ack(ack), qos=1))
             self.acks_sent += 1
 
 

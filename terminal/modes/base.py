@@ -266,7 +266,8 @@ class ModeBase:
         self._pin = (typing, answered, ruling.decision.amount_fen or self.amount_of(ruling))
         self._draw_pin()
         try:
-            done = await asyncio.wait_for(answered, PIN_TIMEOUT_S)
+            async with asyncio.timeout(PIN_TIMEOUT_S):  # not wait_for: 3.11's can lose a stop
+                done = await answered
         except TimeoutError:
             done = False
         finally:

@@ -291,10 +291,8 @@ class PosMode(ModeBase):
         reader = asyncio.get_running_loop().create_task(pump(), name="ecr-read")
         try:
             while True:
-                try:
-                    if decoder.pending:
-                        data = await asyncio.wait_for(chunks.get(), decoder.timeout_s)
-                    else:
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can lose a stop
+                    async with asyncio.timeout(decoder.timeout_s if decoder.pending else None):
                         data = await chunks.get()
                 except TimeoutError:
                     data = b""
