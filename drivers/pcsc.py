@@ -65,6 +65,10 @@ _CARD_GONE = {
 
 _POLL_MS = 500
 
+#: How long the monitor thread keeps a read card for the app's ``served()``:
+#: a tap is decided in milliseconds; one waiting on a PIN lets the card go.
+SERVED_WAIT_S = 0.1
+
 
 def _err(hr: int) -> str:
     try:
@@ -247,17 +251,20 @@ class PcscReader:
                 scard.SCardReleaseContext(self._io_ctx)
                 self._io_ctx = None
 
-    def connect_blocking(self, reader: str) -> PcscChannel:
+    def connect_blocking(self, reader: str, ctx: Any = None) -> PcscChannel:
+        """Open the card, on the I/O context unless given one (the monitor thread's own)."""
         for attempt in (1, 2):
-            ctx = self._io_context()
+            own = ctx is None
+            ctx = self._io_context() if own else ctx
             hr, handle, protocol = scard.SCardConnect(
                 ctx, reader, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
             )
             if hr == scard.SCARD_S_SUCCESS:
                 return PcscChannel(handle, protocol, reader, self._executor(reader))
             if hr in (scard.SCARD_E_INVALID_HANDLE, scard.SCARD_E_NO_SERVICE,
-                      scard.SCARD_E_SERVICE_STOPPED) and attempt == 1:
+                      scard.SCARD_E_SERVICE_STOPPED) and attempt == 1 and own:
                 self._drop_io_context()  # pcscd restarted since the context was made
+                ctx = None
                 continue
             if hr in _CARD_GONE:
                 raise CardRemoved(f"connect to {reader}: {_err(hr)}")
@@ -303,7 +310,8 @@ class PcscReader:
             self._post(CardPresent(reader, atr, detected_at))
             return
         try:
-            channel = self.connect_blocking(reader)
+            # On the context whose wait just reported the card: pcscd answers on a warm thread.
+            channel = self.connect_blocking(reader, self._monitor_ctx)
         except Exception as exc:  # noqa: BLE001 - delivered to the loop, which judges it
             self._post(CardPresent(reader, atr, detected_at, CardRead(error=exc)))
             return
@@ -313,8 +321,9 @@ class PcscReader:
             except Exception as exc:  # noqa: BLE001 - as above
                 outcome = CardRead(error=exc)
             self._post(CardPresent(reader, atr, detected_at, outcome))
+            outcome.done.wait(SERVED_WAIT_S)  # release and watch again once the tap is decided
         finally:
-            self.disconnect_blocking(channel)  # after the post: the decision need not wait for it
+            self.disconnect_blocking(channel)
 
     def _wanted(self, names: list[str]) -> list[str]:
         return [n for n in names if self.name_filter in n]

@@ -28,7 +28,7 @@ from .commands import CommandProcessor
 from .config import Config
 from .config import load as load_config
 from .exceptions import CardError, CardRefused, CardRemoved, StorageError, UniontermError
-from .hardware import (CardChannel, CardGone, CardPresent, Hardware, InputEvent,
+from .hardware import (CardChannel, CardGone, CardPresent, CardRead, Hardware, InputEvent,
                        InputKind, Inputs, ReaderState)
 from .identify import build as build_card_layer
 from .journal import Journal, Record, TxEntry
@@ -60,6 +60,12 @@ class Tap:
     identity: CardIdentity | None = None
     error: CardError | None = None
     read_at: float = 0.0
+    card: CardRead | None = None
+
+    def served(self) -> None:
+        """Through with this tap: a reader that kept the card may let it go."""
+        if self.card is not None:
+            self.card.served()
 
     def fail(self, error: CardError) -> None:
         """A refused card: a refused proof keeps what the card was taken for, for the journal."""
@@ -238,6 +244,8 @@ class Terminal:
                 self.cards_present[event.reader] = True
                 if self._stopping.is_set():
                     log.info("event=tap_ignored reason=stopping reader=%r", event.reader)
+                    if event.read is not None:
+                        event.read.served()
                     continue
                 self._busy += 1
                 if event.read is not None:  # read as it arrived: nothing left to wait for
@@ -255,7 +263,7 @@ class Terminal:
                          event.reader, event.online, event.detail)
 
     async def _read_card(self, event: CardPresent) -> None:
-        tap = Tap(event.reader, event.detected_at)
+        tap = Tap(event.reader, event.detected_at, card=event.read)
         try:
             if event.read is not None:
                 tap.identity = cast(CardIdentity, event.read.result())
@@ -265,6 +273,7 @@ class Terminal:
         except CardRemoved as exc:
             log.info("event=card_removed_early reader=%r detail=%r", event.reader, str(exc))
             self._busy -= 1
+            tap.served()
             return
         except CardError as exc:
             tap.fail(exc)
@@ -296,6 +305,7 @@ class Terminal:
                 self.show(Screen(text(self.lang, "denied"), (text(self.lang, "storage_error"),), alert=True))
             finally:
                 self._busy -= 1
+                tap.served()
 
     def decide(self, tap: Tap, moment: Moment, entry: Entry = Entry()) -> tuple[Ruling, Lookup | None]:
         """Pure part of a tap: eligibility, then the mode's rule ([modes]), at trusted time ``moment``."""

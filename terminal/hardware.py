@@ -11,6 +11,7 @@ reach the loop only through :class:`terminal.bridge.LoopBridge`.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncContextManager, Callable, Protocol, runtime_checkable
 
@@ -23,16 +24,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CardRead:
-    """What a reader's arrival work (``CardReader.read_on_arrival``) made of a card."""
+    """What a reader's arrival work (``CardReader.read_on_arrival``) made of a card.
+
+    The reader keeps the card until the app calls :meth:`served` (or a short
+    while has passed): releasing it and watching again means work in the
+    reader's thread and in pcscd, which would otherwise compete with the
+    tap's decision and journal commit for the interpreter and the CPUs.
+    """
 
     value: object = None
     error: Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     def result(self) -> object:
         """The work's result; raises what the work raised."""
         if self.error is not None:
             raise self.error
         return self.value
+
+    def served(self) -> None:
+        """The app is through with this tap: the reader may let the card go."""
+        self.done.set()
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,8 @@ class CardPresent:
 
     ``detected_at`` is ``time.perf_counter()`` when the driver first learned of
     the card; latency figures are measured from it. ``read`` is set when the
-    reader already ran the app's arrival work on the card (and released it).
+    reader already ran the app's arrival work on the card (it releases the
+    card once told ``read.served()``).
     """
 
     reader: str

@@ -36,9 +36,27 @@ def kernel_synchronised() -> bool | None:
     return state != _TIME_ERROR
 
 
+#: How long one answer of the kernel's NTP state is reused (every tap asks twice).
+SYNC_STATE_TTL_S = 1.0
+_sync_seen: tuple[float, bool | None] = (float("-inf"), None)
+
+
+def _synchronised_recently() -> bool | None:
+    """The kernel's NTP state, asked at most once a second: the flag turns over
+    minutes after a sync starts or stops, while an ``adjtimex`` through ctypes
+    costs a tap tens of microseconds."""
+    global _sync_seen
+    at, state = _sync_seen
+    mono = time.monotonic()
+    if mono - at >= SYNC_STATE_TTL_S:
+        state = kernel_synchronised()
+        _sync_seen = (mono, state)
+    return state
+
+
 def wall_clock() -> tuple[int, bool]:
     """Unix time in milliseconds and whether it can be trusted."""
     now = time.time()
-    synced = kernel_synchronised()
+    synced = _synchronised_recently()
     trusted = now >= CLOCK_FLOOR_S and synced is not False
     return int(now * 1000), trusted

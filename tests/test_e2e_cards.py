@@ -208,3 +208,62 @@ async def test_sam_card_in_the_second_slot(tmp_path: Path, pcscd: Pcscd, broker:
                 sam.remove()
     masters = [key.hex() for key in rig.sam_masters.values()]
     assert not any(m in caplog.text.lower() for m in masters)  # keys never reach the logs
+
+
+def exclusive_connect(reader: str) -> bool:
+    """Whether another PC/SC client could take the card for itself right now."""
+    from smartcard.scard import scard
+
+    hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    assert hr == scard.SCARD_S_SUCCESS
+    try:
+        hr, handle, _ = scard.SCardConnect(ctx, reader, scard.SCARD_SHARE_EXCLUSIVE,
+                                           scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
+        if hr != scard.SCARD_S_SUCCESS:
+            assert hr == scard.SCARD_E_SHARING_VIOLATION, scard.SCardGetErrorMessage(hr)
+            return False
+        scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
+        return True
+    finally:
+        scard.SCardReleaseContext(ctx)
+
+
+async def test_a_card_read_on_arrival_is_kept_until_the_app_is_served(pcscd: Pcscd) -> None:
+    """The monitor thread lets the card go once told (the tap decided), or after SERVED_WAIT_S."""
+    from drivers.pcsc import SERVED_WAIT_S
+    from terminal.cards.profiles import GET_UID
+
+    if not pcscd.running:
+        pcscd.start()
+    reader = pcscd.reader_name(0, 0)
+
+    async def read_uid(channel: Any, atr: bytes) -> bytes:
+        return await channel.transmit(GET_UID)
+
+    async with PcscReader(reader, 0.2) as driver:
+        driver.read_on_arrival(read_uid)
+        events = driver.events()
+        for served in (True, False):
+            card = VirtualCard(UidCard(bytes.fromhex("04A1B2C3D4E5F6")), pcscd.card_port(0, 0))
+            card.place()
+            try:
+                async def present() -> CardPresent:
+                    async for event in events:
+                        if isinstance(event, CardPresent):
+                            return event
+                    raise AssertionError("events ended")
+
+                event = await asyncio.wait_for(present(), 5)
+                assert event.read is not None and event.read.result() == bytes.fromhex("04A1B2C3D4E5F6") + b"\x90\x00"
+                assert not await asyncio.to_thread(exclusive_connect, reader)  # still held by the driver
+                started = time.monotonic()
+                if served:
+                    event.read.served()
+                while not await asyncio.to_thread(exclusive_connect, reader):
+                    assert time.monotonic() - started < 2, "the card was never released"
+                    await asyncio.sleep(0.005)
+                held = time.monotonic() - started
+                assert held < SERVED_WAIT_S / 2 if served else held >= SERVED_WAIT_S * 0.8, (served, held)
+            finally:
+                card.remove()
+            await slot_event(events, CardGone)

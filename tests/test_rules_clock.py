@@ -172,3 +172,24 @@ def test_period_tags(period: str, day: date, tag: str) -> None:
 )
 def test_stale(tag: str, today: date, gone: bool) -> None:
     assert stale(("x", tag), today) is gone
+
+
+def test_the_kernel_sync_state_is_asked_at_most_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tap reads the wall clock twice; the NTP flag behind it is reused for SYNC_STATE_TTL_S."""
+    from terminal import timesource
+
+    answers = iter([False, True])
+    calls: list[float] = []
+    mono = [1000.0]
+
+    def asked() -> bool:
+        calls.append(mono[0])
+        return next(answers)
+
+    monkeypatch.setattr(timesource, "kernel_synchronised", asked)
+    monkeypatch.setattr(timesource.time, "monotonic", lambda: mono[0])
+    monkeypatch.setattr(timesource, "_sync_seen", (float("-inf"), None))
+    assert [timesource.wall_clock()[1] for _ in range(3)] == [False] * 3  # unsynchronised, asked once
+    mono[0] += timesource.SYNC_STATE_TTL_S
+    assert timesource.wall_clock()[1] is True  # a second later the kernel is asked again
+    assert calls == [1000.0, 1000.0 + timesource.SYNC_STATE_TTL_S]
