@@ -8,10 +8,12 @@ away, and hands events to the loop through :class:`terminal.bridge.LoopBridge`.
 
 When the app gives it arrival work (:meth:`PcscReader.read_on_arrival`), the
 monitor thread itself reads each card the moment it sees it, as bare pyscard
-would, and the loop hears of the card with its outcome.
+would, on its own context (its wait has just returned, so nothing waits
+behind it), and the loop hears of the card with its outcome.
 
-Card I/O uses a second context: pcsc-lite serialises calls per context, so a
-transmit on the monitor's context would wait for the status-change timeout.
+Card I/O from the loop uses a second context: pcsc-lite serialises calls per
+context, so a transmit on the monitor's context would wait for the
+status-change timeout.
 """
 
 from __future__ import annotations
@@ -181,13 +183,17 @@ class PcscReader:
         """Run ``work(channel, atr)`` on each card as it arrives, before the loop hears of it.
 
         The monitor thread that sees the card connects at once, runs the
-        whole exchange, posts one :class:`CardPresent` carrying the outcome
-        and only then releases the card: no thread hand-off and no loop round
-        trip inside a tap, which is all bare pyscard would do. A union-card
-        authentication through the loop cost about twice that floor.
-        Meanwhile other readers' events wait (a terminal has one tap reader;
-        an exchange takes milliseconds, and a card that falls silent fails at
-        the reader's timeout). ``work`` must wait on nothing but its channel
+        whole exchange and posts one :class:`CardPresent` carrying the
+        outcome: no thread hand-off and no loop round trip inside a tap,
+        which is all bare pyscard would do. A union-card authentication
+        through the loop cost about twice that floor. It releases the card
+        when the app says the tap is served (``CardRead.served``), at most
+        :data:`SERVED_WAIT_S` later: releasing and watching again at once
+        took the interpreter and a CPU from the decision and the journal
+        commit (a third of a millisecond of every tap). Meanwhile other
+        readers' events wait (a terminal has one tap reader; an exchange
+        takes milliseconds, and a card that falls silent fails at the
+        reader's timeout). ``work`` must wait on nothing but its channel
         (the app's ``Identify.inline``); None turns this off.
         """
         self._on_arrival = work
