@@ -9,17 +9,19 @@ decision (WAL, ``synchronous=FULL``).
 ``auth_floor_p99_ms``: from the same moment, bare pyscard connects, sends the
 very bytes the terminal sent in one of its taps to the same simulated card,
 and commits one row of the same size to a SQLite file with the journal's
-settings; it lets the card go after the commit, as the terminal does. The card draws the same random numbers it drew in that
-tap (RndB, TI), so it answers the replay byte for byte as it answered the
-terminal (checked on every floor tap) and does the same work; the floor
-computes no cryptography, looks up no member and decides nothing, so the
-difference is everything the terminal adds.
+settings; it lets the card go after the commit, as the terminal does. The
+card draws the same random numbers it drew in that tap (RndB, TI), so it
+answers the replay byte for byte as it answered the terminal (checked on
+every floor tap) and does the same work; the floor computes no cryptography,
+looks up no member and decides nothing, so the difference is everything the
+terminal adds.
 
 Blocks of terminal taps and floor taps alternate so a noisy machine weighs on
 both. The terminal is stopped while the floor has the reader; after each
-restart the taps wait until it has settled (broker connected, status and
-first telemetry sent), as a member's tap never lands in a terminal's boot. The 1.1M-member list takes minutes to generate; it is built once into
-a cache file (keyed by count, seed and card key) and copied for each run.
+restart the taps wait until it is connected to the broker and a second more
+for its start-up traffic, as a member's tap never lands in a terminal's boot.
+The 1.1M-member list takes minutes to generate; it is built once into a
+cache file (keyed by count, seed and card key) and copied for each run.
 """
 
 from __future__ import annotations

@@ -260,17 +260,15 @@ class PcscReader:
     def connect_blocking(self, reader: str, ctx: Any = None) -> PcscChannel:
         """Open the card, on the I/O context unless given one (the monitor thread's own)."""
         for attempt in (1, 2):
-            own = ctx is None
-            ctx = self._io_context() if own else ctx
             hr, handle, protocol = scard.SCardConnect(
-                ctx, reader, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
+                ctx or self._io_context(), reader, scard.SCARD_SHARE_SHARED,
+                scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
             )
             if hr == scard.SCARD_S_SUCCESS:
                 return PcscChannel(handle, protocol, reader, self._executor(reader))
             if hr in (scard.SCARD_E_INVALID_HANDLE, scard.SCARD_E_NO_SERVICE,
-                      scard.SCARD_E_SERVICE_STOPPED) and attempt == 1 and own:
-                self._drop_io_context()  # pcscd restarted since the context was made
-                ctx = None
+                      scard.SCARD_E_SERVICE_STOPPED) and attempt == 1 and ctx is None:
+                self._drop_io_context()  # pcscd restarted since the I/O context was made
                 continue
             if hr in _CARD_GONE:
                 raise CardRemoved(f"connect to {reader}: {_err(hr)}")
