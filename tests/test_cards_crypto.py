@@ -13,6 +13,7 @@ import pytest
 
 from simulator.cards.desfire import an10922 as simulator_an10922
 from terminal.cards.cmac import (
+    AesKey,
     aes_cmac,
     an10922_aes128,
     cmac_subkeys,
@@ -57,6 +58,34 @@ def test_rfc4493_examples(length: int, mac: str) -> None:
 def test_cmac_refuses_non_aes128_keys() -> None:
     with pytest.raises(ValueError):
         aes_cmac(b"short", b"")
+
+
+def test_one_key_object_serves_any_number_of_operations_alike() -> None:
+    """The key's contexts are reused: no chaining state may leak from one operation to the next."""
+    key = AesKey(RFC4493_KEY)
+    macs = [key.cmac(RFC4493_MSG[:n]) for n in (0, 16, 40, 64, 40, 0)]
+    assert macs[0] == macs[5] == h("bb1d6929e95937287fa37d129b756746")
+    assert macs[2] == macs[4] == h("dfa66747de9ae63030ca32611497c827")
+    assert repr(key) == "AesKey(...)"  # never the key
+
+
+# --- NIST SP 800-38A F.2.1 / F.2.2 (CBC-AES128) ----------------------------------------
+
+SP800_38A_IV = h("000102030405060708090a0b0c0d0e0f")
+SP800_38A_CBC = h(
+    "7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b2"
+    "73bed6b8e3c1743b7116e69e222295163ff1caa1681fac09120eca307586e1a7"
+)
+
+
+def test_sp800_38a_cbc_examples_both_ways_and_again() -> None:
+    key = AesKey(RFC4493_KEY)
+    for _ in range(2):
+        assert key.cbc_encrypt(SP800_38A_IV, RFC4493_MSG) == SP800_38A_CBC
+        assert key.cbc_decrypt(SP800_38A_IV, SP800_38A_CBC) == RFC4493_MSG
+    assert key.cbc_decrypt(SP800_38A_CBC[:16], SP800_38A_CBC[16:32]) == RFC4493_MSG[16:32]
+    with pytest.raises(ValueError):
+        key.cbc_encrypt(SP800_38A_IV, RFC4493_MSG[:20])
 
 
 # --- AN10922 -----------------------------------------------------------------------

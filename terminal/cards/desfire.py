@@ -16,18 +16,10 @@ from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from terminal.cards import apdu
-from terminal.cards.cmac import (
-    BLOCK,
-    aes_cbc_decrypt,
-    aes_cbc_encrypt,
-    aes_cmac,
-    aes_ecb_encrypt_block,
-    iso9797_m2_unpad,
-    truncate_mac,
-)
+from terminal.cards.cmac import BLOCK, AesKey, iso9797_m2_unpad, truncate_mac
 from terminal.exceptions import CardNotGenuine, MalformedResponse, UnexpectedStatus
 
 CLA = 0x90
@@ -91,10 +83,11 @@ def session_vectors(rnd_a: bytes, rnd_b: bytes) -> tuple[bytes, bytes]:
     return b"\xA5\x5A" + tail, b"\x5A\xA5" + tail
 
 
-def session_keys(key: bytes, rnd_a: bytes, rnd_b: bytes) -> tuple[bytes, bytes]:
+def session_keys(key: bytes | AesKey, rnd_a: bytes, rnd_b: bytes) -> tuple[bytes, bytes]:
     """Return (SesAuthENCKey, SesAuthMACKey) = CMAC(key, SV1), CMAC(key, SV2)."""
     sv1, sv2 = session_vectors(rnd_a, rnd_b)
-    return aes_cmac(key, sv1), aes_cmac(key, sv2)
+    aes = key if isinstance(key, AesKey) else AesKey(key)
+    return aes.cmac(sv1), aes.cmac(sv2)
 
 
 @dataclass
@@ -109,21 +102,33 @@ class Session:
     enc_key: bytes
     mac_key: bytes
     cmd_ctr: int = 0
+    _enc: AesKey | None = field(default=None, init=False, repr=False, compare=False)
+    _mac: AesKey | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _enc_aes(self) -> AesKey:
+        if self._enc is None:  # MAC-mode reads never need it
+            self._enc = AesKey(self.enc_key)
+        return self._enc
+
+    def _mac_aes(self) -> AesKey:
+        if self._mac is None:
+            self._mac = AesKey(self.mac_key)
+        return self._mac
 
     def _ctr(self, offset: int = 0) -> bytes:
         return ((self.cmd_ctr + offset) & 0xFFFF).to_bytes(2, "little")
 
     def command_iv(self) -> bytes:
         """IVc = E(SesAuthENCKey, A5 5A || TI || CmdCtr || 00*8)."""
-        return aes_ecb_encrypt_block(self.enc_key, b"\xA5\x5A" + self.ti + self._ctr() + bytes(8))
+        return self._enc_aes().encrypt_block(b"\xA5\x5A" + self.ti + self._ctr() + bytes(8))
 
     def response_iv(self) -> bytes:
         """IVr = E(SesAuthENCKey, 5A A5 || TI || CmdCtr+1 || 00*8)."""
-        return aes_ecb_encrypt_block(self.enc_key, b"\x5A\xA5" + self.ti + self._ctr(1) + bytes(8))
+        return self._enc_aes().encrypt_block(b"\x5A\xA5" + self.ti + self._ctr(1) + bytes(8))
 
     def command_mac(self, ins: int, header: bytes, data: bytes = b"") -> bytes:
         """MACt over Cmd || CmdCtr || TI || CmdHeader || CmdData."""
-        return truncate_mac(aes_cmac(self.mac_key, bytes([ins]) + self._ctr() + self.ti + header + data))
+        return truncate_mac(self._mac_aes().cmac(bytes([ins]) + self._ctr() + self.ti + header + data))
 
     def mac_command(self, ins: int, header: bytes = b"") -> bytes:
         """A CommMode.MAC command (header only, no data): header || MACt."""
@@ -138,7 +143,7 @@ class Session:
         if len(resp.data) < MAC_LEN:
             raise MalformedResponse(f"{what}: answer too short for a MAC")
         data, mac = resp.data[:-MAC_LEN], resp.data[-MAC_LEN:]
-        expected = truncate_mac(aes_cmac(self.mac_key, b"\x00" + self._ctr(1) + self.ti + data))
+        expected = truncate_mac(self._mac_aes().cmac(b"\x00" + self._ctr(1) + self.ti + data))
         if not hmac.compare_digest(mac, expected):
             raise CardNotGenuine(f"{what}: response MAC does not verify")
         self.cmd_ctr += 1
@@ -173,7 +178,7 @@ class Session:
             raise MalformedResponse(f"GetCardUID: {len(resp.data)} bytes, expected {BLOCK + MAC_LEN}")
         iv = self.response_iv()  # before verify_response advances CmdCtr
         encrypted = self.verify_response(raw, "GetCardUID")
-        uid = iso9797_m2_unpad(aes_cbc_decrypt(self.enc_key, iv, encrypted))
+        uid = iso9797_m2_unpad(self._enc_aes().cbc_decrypt(iv, encrypted))
         if uid is None or len(uid) not in UID_SIZES:
             raise MalformedResponse("GetCardUID: decrypted UID is not well formed")
         return uid
@@ -202,7 +207,7 @@ class AuthenticateEv2First:
     def __init__(self, key: bytes, key_no: int, rnd_a: bytes | None = None) -> None:
         if len(key) != BLOCK:
             raise ValueError("AuthenticateEV2First needs an AES-128 key")
-        self._key: bytes | None = key
+        self._key: AesKey | None = AesKey(key)
         self.key_no = key_no
         self._rnd_a = rnd_a if rnd_a is not None else os.urandom(BLOCK)
         if len(self._rnd_a) != BLOCK:
@@ -218,15 +223,15 @@ class AuthenticateEv2First:
         if self._key is None or self._rnd_b is not None:
             raise RuntimeError("handshake step out of order")
         challenge = _auth_answer(raw, SW_ADDITIONAL_FRAME, BLOCK)
-        self._rnd_b = aes_cbc_decrypt(self._key, bytes(BLOCK), challenge)
-        token = aes_cbc_encrypt(self._key, bytes(BLOCK), self._rnd_a + rotate_left(self._rnd_b))
+        self._rnd_b = self._key.cbc_decrypt(bytes(BLOCK), challenge)
+        token = self._key.cbc_encrypt(bytes(BLOCK), self._rnd_a + rotate_left(self._rnd_b))
         return native(INS_ADDITIONAL_FRAME, token)
 
     def finish(self, raw: bytes) -> Session:
         """Check E(K, TI || RndA' || PDcap2 || PCDcap2) and derive the session."""
         if self._key is None or self._rnd_b is None:
             raise RuntimeError("handshake step out of order")
-        plain = aes_cbc_decrypt(self._key, bytes(BLOCK), _auth_answer(raw, SW_OK, 2 * BLOCK))
+        plain = self._key.cbc_decrypt(bytes(BLOCK), _auth_answer(raw, SW_OK, 2 * BLOCK))
         if not hmac.compare_digest(plain[4:20], rotate_left(self._rnd_a)):
             raise CardNotGenuine("AuthenticateEV2First: card did not prove the key (RndA')")
         enc_key, mac_key = session_keys(self._key, self._rnd_a, self._rnd_b)

@@ -17,11 +17,12 @@ import json
 import logging
 import os
 import stat
+import threading
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from terminal.cards import apdu
-from terminal.cards.cmac import an10922_aes128
+from terminal.cards.cmac import AesKey, an10922
 from terminal.exceptions import CardError, ConfigError, HardwareError, SamError
 from terminal.hardware import CardChannel
 
@@ -68,7 +69,8 @@ class SoftwareSam:
         for slot, key in keys.items():
             if not 0 <= slot <= 255 or len(key) != KEY_LEN:
                 raise ValueError(f"key slot {slot}: AES-128 keys only, slots 0..255")
-        self._keys = dict(keys)
+        self._keys = {slot: AesKey(key) for slot, key in keys.items()}
+        self._lock = threading.Lock()  # a master key's contexts serve one diversification at a time
 
     def __repr__(self) -> str:
         return f"SoftwareSam(slots={sorted(self._keys)})"
@@ -107,7 +109,9 @@ class SoftwareSam:
         master = self._keys.get(key_slot)
         if master is None:
             raise SamError(f"software SAM has no key in slot {key_slot}")
-        return an10922_aes128(master, diversification_input(uid, aid))
+        div_input = diversification_input(uid, aid)
+        with self._lock:
+            return an10922(master, div_input)
 
 
 def _parse_key_file(path: str, text: str) -> dict[int, bytes]:
