@@ -32,7 +32,8 @@ class HeadFile:
     One fixed-size block overwritten in place after every commit (a single
     ``pwrite`` that ``kill -9`` cannot tear), carrying a CRC so a block torn
     by a power cut is recognised and ignored rather than trusted. It is
-    flushed with ``fdatasync`` right after the commit, off the tap's path.
+    written and flushed with ``fdatasync`` once the loop is next free after
+    the commit's answer, off the tap's path.
     """
 
     SIZE = 256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -215,6 +216,18 @@ async def test_corrupt_file_is_moved_aside_and_the_chain_continues_from_it(tmp_p
     assert body["kind"] == KIND_RESET and body["seq"] == 601 and body["prev_hash"] == last.hash
     assert body["detail"]["salvaged_seq"] == 600 and body["detail"]["moved_to"] == aside.name
     assert nxt.seq == 602 and nxt.fields["prev_hash"] == reset.hash
+
+
+async def test_the_sidecar_follows_each_append_while_the_journal_runs(tmp_path: Path) -> None:
+    async with journal(tmp_path) as j:
+        for n in range(1, 4):
+            record = await j.append(entry(n))
+            for _ in range(100):  # written once the loop is next free, by the journal's thread
+                head = HeadFile(tmp_path / "j.db.head").read()
+                if head is not None and head.seq == n:
+                    break
+                await asyncio.sleep(0.01)
+            assert head is not None and (head.seq, head.hash) == (n, record.hash)
 
 
 async def test_unreadable_file_continues_from_the_sidecar(tmp_path: Path) -> None:
