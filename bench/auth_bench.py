@@ -7,7 +7,7 @@ from the moment PC/SC reports the card present to the journal commit of the
 decision (WAL, ``synchronous=FULL``).
 
 ``auth_floor_p99_ms``: from the same moment, bare pyscard connects, sends the
-very bytes the terminal sent in one of its taps to the same simulated card,
+very bytes the terminal sent in its tap just before to the same simulated card,
 and commits one row of the same size to a SQLite file with the journal's
 settings; it lets the card go after the commit, as the terminal does. The
 card draws the same random numbers it drew in that tap (RndB, TI), so it
@@ -16,12 +16,14 @@ every floor tap) and does the same work; the floor computes no cryptography,
 looks up no member and decides nothing, so the difference is everything the
 terminal adds.
 
-Blocks of terminal taps and floor taps alternate so a noisy machine weighs on
-both. The terminal is stopped while the floor has the reader; after each
-restart the taps wait until it is connected to the broker and a second more
-for its start-up traffic, as a member's tap never lands in a terminal's boot.
-The 1.1M-member list takes minutes to generate; it is built once into a
-cache file (keyed by count, seed and card key) and copied for each run.
+Terminal taps and floor taps alternate one by one, so a noisy spell of the
+machine weighs on both alike: the terminal watches slot 0 of the virtual
+reader, the floor has slot 1 of the same reader (same pcscd, same vpcd
+driver) to itself, and the terminal keeps running, as in service, while the
+floor taps. The taps start once the terminal is connected to the broker and
+its start-up traffic is over, as a member's tap never lands in a terminal's
+boot. The 1.1M-member list takes minutes to generate; it is built once into
+a cache file (keyed by count, seed and card key) and copied for each run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from smartcard import scard
@@ -117,11 +120,15 @@ def member_list(count: int = MEMBERS, seed: int = SEED) -> Path:
 
 
 class Floor:
-    """Bare pyscard on one reader, and one SQLite file at the journal's settings."""
+    """Bare pyscard on one reader slot, and one SQLite file at the journal's settings.
 
-    def __init__(self, pcscd: Pcscd, reader: str, db: Path) -> None:
+    Made and used on one thread (SQLite connections are bound to theirs).
+    """
+
+    def __init__(self, pcscd: Pcscd, slot: int, db: Path) -> None:
         self.pcscd = pcscd
-        self.reader = reader
+        self.slot = slot
+        self.reader = pcscd.reader_name(0, slot)
         hr, self.ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
         assert hr == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hr)
         self.state = scard.SCARD_STATE_UNAWARE
@@ -141,10 +148,10 @@ class Floor:
             if hr == scard.SCARD_S_SUCCESS:
                 self.state = result[0][1] & ~scard.SCARD_STATE_CHANGED
 
-    def tap(self, card: Recording, apdus: list[bytes], answers: list[bytes], row_bytes: int
-            ) -> tuple[float, float]:
-        """One tap: ms from PC/SC reporting the card to its last answer, and to the row being durable."""
-        vcard = VirtualCard(card, self.pcscd.card_port())
+    def tap(self, card: Recording, tap: Recording, row_bytes: int) -> tuple[float, float]:
+        """Replay ``tap`` to ``card``: ms from PC/SC reporting the card to its last answer, and to the row being durable."""
+        card.replay(tap.drawn)
+        vcard = VirtualCard(card, self.pcscd.card_port(0, self.slot))
         vcard.place()
         try:
             self._wait(True)
@@ -152,7 +159,7 @@ class Floor:
             hr, handle, proto = scard.SCardConnect(self.ctx, self.reader, scard.SCARD_SHARE_SHARED,
                                                    scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
             assert hr == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hr)
-            for command, answer in zip(apdus, answers):
+            for command, answer in zip(tap.apdus, tap.answers):
                 hr, response = scard.SCardTransmit(handle, proto, list(command))
                 assert hr == scard.SCARD_S_SUCCESS and bytes(response) == answer, (hr, response, answer)
             card_done = time.perf_counter()
@@ -168,24 +175,13 @@ class Floor:
         return (card_done - t0) * 1000, (done - t0) * 1000
 
 
-def floor_block(pcscd: Pcscd, reader: str, db: Path, card: Recording, tap: Recording, row_bytes: int,
-                n: int) -> list[tuple[float, float]]:
-    """``n`` floor taps replaying ``tap`` on one thread (SQLite connections are bound to theirs)."""
-    floor = Floor(pcscd, reader, db)
-    card.replay(tap.drawn)
-    try:
-        return [floor.tap(card, tap.apdus, tap.answers, row_bytes) for _ in range(n)]
-    finally:
-        floor.close()
-
-
 async def settled(rig: Rig, after_s: float = 1.0) -> None:
-    """Until the restarted terminal is connected and its start-up traffic is over."""
+    """Until the started terminal is connected and its start-up traffic is over."""
     await asyncio.wait_for(rig.terminal.uplink.connected.wait(), 15)
     await asyncio.sleep(after_s)
 
 
-async def run_async(taps: int = 300, block: int = 50, members: int = MEMBERS) -> dict[str, float]:
+async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="unionterm-bench-auth-"))
     cached = member_list(members)
     state = work / "rig" / "state"
@@ -196,20 +192,20 @@ async def run_async(taps: int = 300, block: int = 50, members: int = MEMBERS) ->
     read_ms: list[float] = []
     journal_ms: list[float] = []
     floor: list[tuple[float, float]] = []
+    floor_thread = ThreadPoolExecutor(1, thread_name_prefix="floor")
+    loop = asyncio.get_running_loop()
     try:
         with Pcscd(workdir=work / "pcscd") as pcscd:
             async with Rig(work / "rig", pcscd=pcscd, capture=False, pulse_ms=100,
-                           profiles=("union-app",)) as rig:
+                           profiles=("union-app",), reader=pcscd.reader_name(0, 0)) as rig:
                 await settled(rig)
                 listed = rig.terminal.members.count()
                 person = rig.people[0]
                 card = Recording(rig.union_card(person))
                 floor_card = Recording(rig.union_card(person))  # the same card, personalised again
-                reader = rig.reader_name
-                row_bytes = 0
-                while len(terminal_ms) < taps:
-                    n = min(block, taps - len(terminal_ms))
-                    for _ in range(n):
+                bare = await loop.run_in_executor(floor_thread, Floor, pcscd, 1, work / "floor.db")
+                try:
+                    while len(terminal_ms) < taps:
                         card.clear()
                         outcome = await rig.tap(card)
                         assert outcome.decision.approved and outcome.record is not None, outcome.decision
@@ -218,13 +214,13 @@ async def run_async(taps: int = 300, block: int = 50, members: int = MEMBERS) ->
                         read_ms.append(timings["read"])
                         journal_ms.append(timings["commit"] - timings["decide"])
                         row_bytes = len(outcome.record.body.encode())
-                    await rig.stop_terminal()  # the floor needs the reader to itself
-                    floor += await asyncio.to_thread(floor_block, pcscd, reader, work / "floor.db",
-                                                     floor_card, card, row_bytes, n)
-                    await rig.start_terminal()
-                    await settled(rig)
-                    print(f"  auth: {len(terminal_ms)}/{taps} taps", flush=True)
+                        floor.append(await loop.run_in_executor(floor_thread, bare.tap, floor_card, card, row_bytes))
+                        if len(terminal_ms) % 50 == 0:
+                            print(f"  auth: {len(terminal_ms)}/{taps} taps each", flush=True)
+                finally:
+                    await loop.run_in_executor(floor_thread, bare.close)
     finally:
+        floor_thread.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     floor_ms, floor_card_ms = [total for _, total in floor], [card_part for card_part, _ in floor]
     figures = {"auth_apdus_per_tap": float(len(card.apdus)), "auth_members_listed": float(listed),
