@@ -149,7 +149,8 @@ class Floor:
                 self.state = result[0][1] & ~scard.SCARD_STATE_CHANGED
 
     def tap(self, card: Recording, tap: Recording, row_bytes: int) -> tuple[float, float]:
-        """Replay ``tap`` to ``card``: ms from PC/SC reporting the card to its last answer, and to the row being durable."""
+        """Replay ``tap`` to ``card``: ms from PC/SC reporting the card to its last answer,
+        and to the row being durable."""
         card.replay(tap.drawn)
         vcard = VirtualCard(card, self.pcscd.card_port(0, self.slot))
         vcard.place()
@@ -214,7 +215,8 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
                         read_ms.append(timings["read"])
                         journal_ms.append(timings["commit"] - timings["decide"])
                         row_bytes = len(outcome.record.body.encode())
-                        floor.append(await loop.run_in_executor(floor_thread, bare.tap, floor_card, card, row_bytes))
+                        floor.append(await loop.run_in_executor(floor_thread, bare.tap, floor_card, card,
+                                                                row_bytes))
                         if len(terminal_ms) % 50 == 0:
                             print(f"  auth: {len(terminal_ms)}/{taps} taps each", flush=True)
                 finally:

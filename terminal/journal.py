@@ -206,6 +206,7 @@ class Journal:
         self._conn: sqlite3.Connection | None = None
         self._head = HeadFile(Path(f"{self.path}.head"))
         self._head_sync_pending = False
+        self._head_stale = False  # records committed that the sidecar does not carry yet
         self._last_seq = 0
         self._last_hash = GENESIS
         self._rows = 0
@@ -418,7 +419,7 @@ class Journal:
     def _close(self) -> None:
         self._closed = True
         self._close_conn()
-        if self._head_sync_pending:
+        if self._head_stale:  # an answer the loop never took (a cancelled append) still moves it
             self._head.write(Head(self._last_seq, self._last_hash, self.terminal_id))
         self._head.sync()
         self._head.close()
@@ -517,6 +518,7 @@ class Journal:
             raise
         self._last_seq, self._last_hash = seq, prev
         self._rows += len(rows)
+        self._head_stale = True
         return records
 
     def _head_later(self) -> None:
@@ -533,7 +535,7 @@ class Journal:
             asyncio.get_running_loop().call_soon(self._worker.submit, self._sync_head)
 
     def _sync_head(self) -> None:
-        self._head_sync_pending = False
+        self._head_sync_pending = self._head_stale = False
         self._head.write(Head(self._last_seq, self._last_hash, self.terminal_id))
         self._head.sync()
 

@@ -13,6 +13,7 @@ import pytest
 from terminal.config import JournalSection
 from terminal.exceptions import StorageError
 from terminal.journal import GENESIS, KIND_RESET, AckResult, HeadFile, Journal, TxEntry, chain_hash
+from terminal.journalhead import Head
 from terminal.storage import StorageState
 
 T0_MS = 1_800_000_000_000
@@ -228,6 +229,19 @@ async def test_the_sidecar_follows_each_append_while_the_journal_runs(tmp_path: 
                     break
                 await asyncio.sleep(0.01)
             assert head is not None and (head.seq, head.hash) == (n, record.hash)
+
+
+async def test_closing_writes_the_sidecar_an_abandoned_append_left_behind(tmp_path: Path) -> None:
+    async with journal(tmp_path) as j:
+        await j.append(entry(1))
+        while (HeadFile(tmp_path / "j.db.head").read() or Head(0, "", "")).seq != 1:
+            await asyncio.sleep(0.01)
+        # A commit whose answer the loop never took (its task was cancelled): nothing queued the sidecar.
+        (last,) = await j._run(j._append, (entry(2),), None)
+        await asyncio.sleep(0.05)
+        assert HeadFile(tmp_path / "j.db.head").read().seq == 1
+    head = HeadFile(tmp_path / "j.db.head").read()
+    assert head is not None and (head.seq, head.hash) == (2, last.hash)
 
 
 async def test_unreadable_file_continues_from_the_sidecar(tmp_path: Path) -> None:
