@@ -35,7 +35,6 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from smartcard import scard
@@ -46,6 +45,7 @@ from simulator.rig import Rig
 from simulator.services import Pcscd
 from simulator.vcard import VirtualCard
 from terminal import journal
+from terminal.bridge import SerialWorker
 from terminal.members import MemberStore
 
 from .stats import percentile
@@ -193,8 +193,7 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
     read_ms: list[float] = []
     journal_ms: list[float] = []
     floor: list[tuple[float, float]] = []
-    floor_thread = ThreadPoolExecutor(1, thread_name_prefix="floor")
-    loop = asyncio.get_running_loop()
+    floor_thread = SerialWorker("floor")  # one thread: the floor's SQLite connection is bound to it
     try:
         with Pcscd(workdir=work / "pcscd") as pcscd:
             async with Rig(work / "rig", pcscd=pcscd, capture=False, pulse_ms=100,
@@ -204,7 +203,7 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
                 person = rig.people[0]
                 card = Recording(rig.union_card(person))
                 floor_card = Recording(rig.union_card(person))  # the same card, personalised again
-                bare = await loop.run_in_executor(floor_thread, Floor, pcscd, 1, work / "floor.db")
+                bare = await floor_thread.run(Floor, pcscd, 1, work / "floor.db")
                 try:
                     while len(terminal_ms) < taps:
                         card.clear()
@@ -215,12 +214,11 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
                         read_ms.append(timings["read"])
                         journal_ms.append(timings["commit"] - timings["decide"])
                         row_bytes = len(outcome.record.body.encode())
-                        floor.append(await loop.run_in_executor(floor_thread, bare.tap, floor_card, card,
-                                                                row_bytes))
+                        floor.append(await floor_thread.run(bare.tap, floor_card, card, row_bytes))
                         if len(terminal_ms) % 50 == 0:
                             print(f"  auth: {len(terminal_ms)}/{taps} taps each", flush=True)
                 finally:
-                    await loop.run_in_executor(floor_thread, bare.close)
+                    await floor_thread.run(bare.close)
     finally:
         floor_thread.shutdown()
         shutil.rmtree(work, ignore_errors=True)

@@ -284,7 +284,7 @@ class Journal:
                 self._write_reset(resume)
             # A real write: SQLite opens a file on a read-only file system without complaint.
             self._store_meta({"opened": int(time.time())}, durable=True)
-            self._head.write(Head(self._last_seq, self._last_hash, self.terminal_id))
+            self._head.write(self._current_head())
             self._fault = None
             self._checked = None
             self._refresh_fault()
@@ -420,7 +420,7 @@ class Journal:
         self._closed = True
         self._close_conn()
         if self._head_stale:  # an answer the loop never took (a cancelled append) still moves it
-            self._head.write(Head(self._last_seq, self._last_hash, self.terminal_id))
+            self._head.write(self._current_head())
         self._head.sync()
         self._head.close()
 
@@ -534,9 +534,12 @@ class Journal:
             self._head_sync_pending = True
             asyncio.get_running_loop().call_soon(self._worker.submit, self._sync_head)
 
+    def _current_head(self) -> Head:
+        return Head(self._last_seq, self._last_hash, self.terminal_id)
+
     def _sync_head(self) -> None:
         self._head_sync_pending = self._head_stale = False
-        self._head.write(Head(self._last_seq, self._last_hash, self.terminal_id))
+        self._head.write(self._current_head())
         self._head.sync()
 
     def _append(self, entries: Sequence[TxEntry], also: Callable[[sqlite3.Connection], None] | None

@@ -139,21 +139,6 @@ def _double(value: int) -> int:
     return value
 
 
-def aes_ecb_encrypt_block(key: bytes, block: bytes) -> bytes:
-    """Encrypt one block with a key used once."""
-    return AesKey(key).encrypt_block(block)
-
-
-def aes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
-    """:meth:`AesKey.cbc_encrypt` with a key used once."""
-    return AesKey(key).cbc_encrypt(iv, data)
-
-
-def aes_cbc_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
-    """:meth:`AesKey.cbc_decrypt` with a key used once."""
-    return AesKey(key).cbc_decrypt(iv, data)
-
-
 def aes_cmac(key: bytes, data: bytes) -> bytes:
     """Full 16-byte AES-CMAC (RFC 4493) with a key used once."""
     return AesKey(key).cmac(data)
