@@ -19,10 +19,11 @@ record. Neither watermark needs ``fsync``: losing one only means records are
 sent again, and the back office de-duplicates by (terminal, seq).
 
 The file is checked (``PRAGMA integrity_check``) at every start. A corrupt
-file is moved aside, never deleted, and a fresh journal continues the
-sequence and the chain from the last record known, read from the corrupt
-file if it still can be, else from a small sidecar (``<db>.head``) rewritten
-after every commit. A journal that stops being writable (disk full, file
+file is moved aside, never deleted (:mod:`terminal.journalfile`), and a
+fresh journal continues the sequence and the chain from the last record
+known, read from the corrupt file if it still can be, else from a small
+sidecar (``<db>.head``, :mod:`terminal.journalhead`) rewritten after every
+commit. A journal that stops being writable (disk full, file
 system read-only) does not stop the terminal: the failure is classified
 (:mod:`terminal.storage`), value-granting taps are refused, and a background
 task probes until the storage is back.
@@ -42,7 +43,6 @@ import enum
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import time
 import uuid
@@ -54,14 +54,14 @@ from typing import Any, TypeVar
 from .bridge import SerialWorker
 from .config import JournalSection
 from .exceptions import StorageError
-from .journalhead import Head, HeadFile
-from .storage import StorageState, classify, disk_free, fsync_path, probe_directory
+from .journalfile import CorruptFile, Resume, check_file, file_id, move_aside
+from .journalhead import GENESIS, Head, HeadFile
+from .storage import StorageState, classify, disk_free, probe_directory
 
 log = logging.getLogger("unionterm.journal")
 
 T = TypeVar("T")
 
-GENESIS = "0" * 64
 
 #: Kind of the record a fresh journal starts with after its predecessor was lost.
 KIND_RESET = "journal_reset"
@@ -88,8 +88,7 @@ CREATE TABLE IF NOT EXISTS tx (
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 """
 
-#: SQLite primary result codes that mean the file itself is damaged.
-_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
 
 
 @dataclass(frozen=True)
@@ -176,20 +175,6 @@ def canonical(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
-@dataclass(frozen=True)
-class _Resume:
-    """Where a fresh journal continues after its predecessor was lost, and why."""
-
-    seq: int
-    hash: str
-    reason: str
-    detail: dict[str, Any]
-
-
-class _Corrupt(Exception):
-    """The database file is damaged (or belongs to another terminal): move it aside."""
-
-
 # -- the journal -------------------------------------------------------------------------
 
 
@@ -265,21 +250,21 @@ class Journal:
             head = self._head.read()
             if head is not None and head.terminal != self.terminal_id:
                 head = None
-            resume: _Resume | None = None
-            if self.path.exists() and self._checked != _file_id(self.path):
+            resume: Resume | None = None
+            if self.path.exists() and self._checked != file_id(self.path):
                 try:
-                    self._check_file()
+                    check_file(self.path, self.terminal_id)
                     # Retried every probe while the disk is read-only: check an unchanged file once.
-                    self._checked = _file_id(self.path)
-                except _Corrupt as exc:
-                    resume = self._move_aside(str(exc), head)
+                    self._checked = file_id(self.path)
+                except CorruptFile as exc:
+                    resume = move_aside(self.path, self.terminal_id, str(exc), head)
             self._conn = self._connect()
             self._load()
             if resume is None and head is not None and head.seq > self._last_seq:
                 # Committed records are gone although the file checks out (restored
                 # from a backup, WAL deleted): never hand their numbers out again.
                 log.error("event=journal_behind_head db_seq=%d head_seq=%d", self._last_seq, head.seq)
-                resume = _Resume(head.seq, head.hash, "behind_head", {"db_seq": self._last_seq})
+                resume = Resume(head.seq, head.hash, "behind_head", {"db_seq": self._last_seq})
             if resume is not None:
                 self._write_reset(resume)
             # A real write: SQLite opens a file on a read-only file system without complaint.
@@ -292,67 +277,6 @@ class Journal:
                      self.path, self._last_seq, self._rows, self._published, self._acked)
         except (sqlite3.Error, OSError) as exc:
             self._fail(exc, "open")
-
-    def _check_file(self) -> None:
-        """Raise :class:`_Corrupt` for a damaged or foreign file; I/O trouble propagates."""
-        conn = None
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            rows = conn.execute("PRAGMA integrity_check").fetchall()
-            if rows != [("ok",)]:
-                raise _Corrupt(f"integrity_check: {'; '.join(str(r[0]) for r in rows[:3])}")
-            owner = None
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-                owner = conn.execute("SELECT v FROM meta WHERE k = 'terminal'").fetchone()
-            if owner is not None and owner[0] != self.terminal_id:
-                raise _Corrupt(f"foreign: journal of terminal {owner[0]!r}")
-        except sqlite3.DatabaseError as exc:
-            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _CORRUPT_CODES:
-                raise _Corrupt(f"unreadable: {exc}") from None
-            raise
-        finally:
-            if conn is not None:
-                conn.close()
-
-    def _salvage(self, source: Path) -> Head | None:
-        """The last record still readable in a moved-aside file, if any."""
-        try:
-            conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-            try:
-                seq, digest = conn.execute("SELECT seq, hash FROM tx ORDER BY seq DESC LIMIT 1").fetchone()
-                owner = conn.execute("SELECT v FROM meta WHERE k = 'terminal'").fetchone()
-            finally:
-                conn.close()
-        except (sqlite3.Error, TypeError):
-            return None
-        if owner is not None and owner[0] != self.terminal_id:
-            return None
-        return Head(int(seq), str(digest), self.terminal_id)
-
-    def _move_aside(self, problem: str, head: Head | None) -> _Resume | None:
-        kind = "foreign" if problem.startswith("foreign") else "corrupt"
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}-{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                os.replace(src, Path(f"{aside}{suffix}"))
-        fsync_path(self.path.parent)
-        log.error("event=journal_moved_aside problem=%r moved_to=%s", problem, aside.name)
-        salvaged = self._salvage(aside)
-        best = max((h for h in (salvaged, head) if h is not None), key=lambda h: h.seq, default=None)
-        detail = {"moved_to": aside.name, "problem": problem[:200],
-                  "salvaged_seq": salvaged.seq if salvaged else 0, "head_seq": head.seq if head else 0}
-        if best is None:
-            if kind == "foreign":
-                return None  # this terminal never wrote a record: a fresh start at 1 is right
-            log.critical("event=journal_head_unknown moved_to=%s", aside.name)
-            return _Resume(0, GENESIS, "corrupt_head_unknown", detail)
-        return _Resume(best.seq, best.hash, kind, detail)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -395,7 +319,7 @@ class Journal:
         self._acked = min(int(meta.get("acked", 0)), self._last_seq)
         self._published = max(self._published, self._acked)
 
-    def _write_reset(self, resume: _Resume) -> None:
+    def _write_reset(self, resume: Resume) -> None:
         """First record of a fresh journal: where it resumes and what was lost."""
         fresh = self._rows == 0
         self._last_seq, self._last_hash = resume.seq, resume.hash
@@ -816,11 +740,3 @@ class Journal:
     @property
     def rows(self) -> int:
         return self._rows
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns

@@ -16,6 +16,9 @@ from pathlib import Path
 
 log = logging.getLogger("unionterm.journal")
 
+#: The hash before a chain's first record.
+GENESIS = "0" * 64
+
 
 @dataclass(frozen=True)
 class Head:
