@@ -52,7 +52,8 @@ class SimulatedMatrix:
             self.columns.append(pin)
         width = len(cfg.column_pins)
         self.where = {key: (i // width, i % width) for i, key in enumerate(cfg.keys)}
-        self.pressed: set[str] = set()
+        # Replaced whole, never changed in place: the driver's scan thread reads it while the loop presses.
+        self.pressed: frozenset[str] = frozenset()
 
     def pulls_low(self, column: MatrixColumnPin) -> bool:
         c = self.columns.index(column)
@@ -62,14 +63,11 @@ class SimulatedMatrix:
         """Hold ``key`` down until :meth:`release`; a key not on this keypad is a test bug, so it raises."""
         if key not in self.where:
             raise KeyError(f"no key {key!r} on this keypad")
-        self.pressed.add(key)
+        self.pressed = self.pressed | {key}
 
     def release(self, key: str | None = None) -> None:
         """Lift one key, or every key."""
-        if key is None:
-            self.pressed.clear()
-        else:
-            self.pressed.discard(key)
+        self.pressed = frozenset() if key is None else self.pressed - {key}
 
     async def tap(self, key: str, hold_s: float = HOLD_S) -> None:
         """Press and release like a finger: held for several scans, so the debouncer believes it."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import queue
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -95,6 +97,39 @@ def test_scan_thread_delivers_press_and_release_events(rig: tuple[SimulatedMatri
     assert events.get(timeout=2) == release("#")
     time.sleep(0.05)
     assert events.empty()
+
+
+def test_keys_pressed_while_the_driver_scans_never_break_a_scan(rig: tuple[SimulatedMatrix, MatrixKeypad]) -> None:
+    # The scan thread reads the simulated membrane while the loop presses keys (a CI run once lost a
+    # PIN digit to "Set changed size during iteration"). Threads switch every microsecond here, so an
+    # unsafe read fails within milliseconds.
+    matrix, keypad = rig
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def scanning() -> None:
+        while not stop.is_set():
+            try:
+                keypad.scan()
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    scanner = threading.Thread(target=scanning)
+    scanner.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and not errors:
+            for key in CFG.keys:
+                matrix.press(key)
+            for key in CFG.keys:
+                matrix.release(key)
+    finally:
+        stop.set()
+        scanner.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 def test_close_releases_the_pins(rig: tuple[SimulatedMatrix, MatrixKeypad]) -> None:
