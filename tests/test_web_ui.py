@@ -444,6 +444,8 @@ def test_the_canteen_clock_moves_forward_to_the_scenes_meal_only_when_needed(tmp
     canteen = parse(sim_config_text(tmp_path, "canteen", 1883, sections=CANTEEN), "t.toml").canteen
     assert scene_time(canteen, at("2026-12-01 01:10:00"), "11:58:00") == at("2026-12-01 11:58:00")  # night meal
     assert scene_time(canteen, at("2026-12-01 12:40:00"), "11:58:00") is None  # lunch already
+    # lunch, but closing within the scene's time: the next day's 11:58, not a scene cut off halfway
+    assert scene_time(canteen, at("2026-12-01 13:25:00"), "11:58:00") == at("2026-12-02 11:58:00")
     assert scene_time(canteen, at("2026-12-01 14:00:00"), "11:58:00") == at("2026-12-02 11:58:00")
     assert scene_time(None, at("2026-12-01 01:10:00"), "11:58:00") is None  # doors and counters: any hour
 

@@ -59,6 +59,10 @@ def known_mode(mode: str) -> str:
     return mode
 
 
+#: How long a scene (or a test) may use the meal it was given after its clock was set.
+SCENE_S = 15 * 60
+
+
 def next_local(now: float, hms: str) -> float:
     """The first moment at or after ``now`` whose Asia/Shanghai time of day is ``hms``."""
     day = local(now).date()
@@ -69,14 +73,19 @@ def next_local(now: float, hms: str) -> float:
 def scene_time(canteen: CanteenConfig | None, now: float, hms: str) -> float | None:
     """Where the clock must go for a canteen to serve the meal its demo scene serves (at ``hms``).
 
-    None when it serves that meal already, or for a terminal without meal
-    windows: a door or a counter works at any hour, so their clock is left alone.
+    None when it serves that meal already and will for :data:`SCENE_S` more
+    (a scene that starts as the meal closes would be refused halfway), or for
+    a terminal without meal windows: a door or a counter works at any hour, so
+    their clock is left alone.
     """
     if canteen is None:
         return None
     target = next_local(now, hms)
-    wanted, serving = current_window(canteen, int(target)), current_window(canteen, int(now))
-    if wanted is None or (serving is not None and serving[0].name == wanted[0].name):
+    wanted = current_window(canteen, int(target))
+    if wanted is None:
+        return None
+    serving = [current_window(canteen, int(at)) for at in (now, now + SCENE_S)]
+    if all(window is not None and window[0].name == wanted[0].name for window in serving):
         return None
     return target
 
