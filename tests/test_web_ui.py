@@ -332,7 +332,8 @@ async def test_canteen_serves_lunch_on_the_simulated_clock(bench: tuple[Workbenc
     rig, member = wb.rig, wb.rig.people[2]
     async with page_in_mode(url, "canteen") as page:
         # The terminal trusts the injected clock, moved to the scene's lunch time (11:58) unless the real hour is
-        # already in lunch (then it is left alone): either way the page shows that clock, and it is lunch.
+        # in lunch for the scene's 15 minutes more (then it is left alone): either way the page shows that clock,
+        # and it is lunch.
         serving = current_window(rig.config.canteen, int(rig.clock.now()))
         assert serving is not None and serving[0].name == "lunch"
         shown = local_unix(await text_of(page, "#term-clock"))
