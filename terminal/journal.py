@@ -89,8 +89,6 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
 """
 
 
-
-
 @dataclass(frozen=True)
 class TxEntry:
     """What the app asks the journal to record; the journal adds sequence, ids and chain.

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 from terminal.cards import apdu
 from terminal.cards.cmac import BLOCK, AesKey, iso9797_m2_unpad, truncate_mac
@@ -83,11 +84,10 @@ def session_vectors(rnd_a: bytes, rnd_b: bytes) -> tuple[bytes, bytes]:
     return b"\xA5\x5A" + tail, b"\x5A\xA5" + tail
 
 
-def session_keys(key: bytes | AesKey, rnd_a: bytes, rnd_b: bytes) -> tuple[bytes, bytes]:
+def session_keys(key: AesKey, rnd_a: bytes, rnd_b: bytes) -> tuple[bytes, bytes]:
     """Return (SesAuthENCKey, SesAuthMACKey) = CMAC(key, SV1), CMAC(key, SV2)."""
     sv1, sv2 = session_vectors(rnd_a, rnd_b)
-    aes = key if isinstance(key, AesKey) else AesKey(key)
-    return aes.cmac(sv1), aes.cmac(sv2)
+    return key.cmac(sv1), key.cmac(sv2)
 
 
 @dataclass
@@ -102,33 +102,28 @@ class Session:
     enc_key: bytes
     mac_key: bytes
     cmd_ctr: int = 0
-    _enc: AesKey | None = field(default=None, init=False, repr=False, compare=False)
-    _mac: AesKey | None = field(default=None, init=False, repr=False, compare=False)
-
+    @cached_property
     def _enc_aes(self) -> AesKey:
-        if self._enc is None:  # MAC-mode reads never need it
-            self._enc = AesKey(self.enc_key)
-        return self._enc
+        return AesKey(self.enc_key)  # made on first use: MAC-mode reads never need it
 
+    @cached_property
     def _mac_aes(self) -> AesKey:
-        if self._mac is None:
-            self._mac = AesKey(self.mac_key)
-        return self._mac
+        return AesKey(self.mac_key)
 
     def _ctr(self, offset: int = 0) -> bytes:
         return ((self.cmd_ctr + offset) & 0xFFFF).to_bytes(2, "little")
 
     def command_iv(self) -> bytes:
         """IVc = E(SesAuthENCKey, A5 5A || TI || CmdCtr || 00*8)."""
-        return self._enc_aes().encrypt_block(b"\xA5\x5A" + self.ti + self._ctr() + bytes(8))
+        return self._enc_aes.encrypt_block(b"\xA5\x5A" + self.ti + self._ctr() + bytes(8))
 
     def response_iv(self) -> bytes:
         """IVr = E(SesAuthENCKey, 5A A5 || TI || CmdCtr+1 || 00*8)."""
-        return self._enc_aes().encrypt_block(b"\x5A\xA5" + self.ti + self._ctr(1) + bytes(8))
+        return self._enc_aes.encrypt_block(b"\x5A\xA5" + self.ti + self._ctr(1) + bytes(8))
 
     def command_mac(self, ins: int, header: bytes, data: bytes = b"") -> bytes:
         """MACt over Cmd || CmdCtr || TI || CmdHeader || CmdData."""
-        return truncate_mac(self._mac_aes().cmac(bytes([ins]) + self._ctr() + self.ti + header + data))
+        return truncate_mac(self._mac_aes.cmac(bytes([ins]) + self._ctr() + self.ti + header + data))
 
     def mac_command(self, ins: int, header: bytes = b"") -> bytes:
         """A CommMode.MAC command (header only, no data): header || MACt."""
@@ -143,7 +138,7 @@ class Session:
         if len(resp.data) < MAC_LEN:
             raise MalformedResponse(f"{what}: answer too short for a MAC")
         data, mac = resp.data[:-MAC_LEN], resp.data[-MAC_LEN:]
-        expected = truncate_mac(self._mac_aes().cmac(b"\x00" + self._ctr(1) + self.ti + data))
+        expected = truncate_mac(self._mac_aes.cmac(b"\x00" + self._ctr(1) + self.ti + data))
         if not hmac.compare_digest(mac, expected):
             raise CardNotGenuine(f"{what}: response MAC does not verify")
         self.cmd_ctr += 1
@@ -178,7 +173,7 @@ class Session:
             raise MalformedResponse(f"GetCardUID: {len(resp.data)} bytes, expected {BLOCK + MAC_LEN}")
         iv = self.response_iv()  # before verify_response advances CmdCtr
         encrypted = self.verify_response(raw, "GetCardUID")
-        uid = iso9797_m2_unpad(self._enc_aes().cbc_decrypt(iv, encrypted))
+        uid = iso9797_m2_unpad(self._enc_aes.cbc_decrypt(iv, encrypted))
         if uid is None or len(uid) not in UID_SIZES:
             raise MalformedResponse("GetCardUID: decrypted UID is not well formed")
         return uid
