@@ -46,7 +46,7 @@ from .cards.sam import SoftwareSam
 from .config import Config
 from .exceptions import ConfigError, UniontermError
 from .journal import HeadFile, chain_hash
-from .members import held_list_files, lists_dir_of, stored_digest
+from .memberfiles import held_list_files, lists_dir_of, stored_digest
 from .storage import StorageState, disk_free, probe_directory
 from .timesource import CLOCK_FLOOR_S, kernel_synchronised, wall_clock
 

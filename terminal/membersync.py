@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .exceptions import PayloadError, ReplayError, SignatureError
-from .members import BuildCancelled, HeldList, MemberStore, SnapshotBuild, remove_list_file
+from .memberfiles import BuildCancelled, HeldList, SnapshotBuild, remove_list_file
+from .members import MemberStore
 from .model import Decision
 from .signing import KIND_DELTA, KIND_MANIFEST, VersionCheck, check_version, load_trusted, verify
 from .sync.delta import Delta, decode_delta
