@@ -19,7 +19,7 @@ import pytest
 from test_cards_support import BehaviourChannel
 
 from simulator.cards.desfire import Fault
-from simulator.cards.emv import EmvCard, EmvFault
+from simulator.cards.emv import EmvFault
 from simulator.cards.sam import SamCard
 from simulator.cards.uid import UidCard
 from simulator.people import cast
