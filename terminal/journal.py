@@ -189,7 +189,6 @@ class Journal:
         self._conn: sqlite3.Connection | None = None
         self._head = HeadFile(Path(f"{self.path}.head"))
         self._head_sync_pending = False
-        self._head_stale = False  # records committed that the sidecar does not carry yet
         self._last_seq = 0
         self._last_hash = GENESIS
         self._rows = 0
@@ -341,7 +340,8 @@ class Journal:
     def _close(self) -> None:
         self._closed = True
         self._close_conn()
-        if self._head_stale:  # an answer the loop never took (a cancelled append) still moves it
+        written = self._head.written  # None: this journal never opened, so it has no head of its own to give
+        if written is not None and written != self._current_head():  # e.g. an append whose answer was never taken
             self._head.write(self._current_head())
         self._head.sync()
         self._head.close()
@@ -440,7 +440,6 @@ class Journal:
             raise
         self._last_seq, self._last_hash = seq, prev
         self._rows += len(rows)
-        self._head_stale = True
         return records
 
     def _head_later(self) -> None:
@@ -460,7 +459,7 @@ class Journal:
         return Head(self._last_seq, self._last_hash, self.terminal_id)
 
     def _sync_head(self) -> None:
-        self._head_sync_pending = self._head_stale = False
+        self._head_sync_pending = False
         self._head.write(self._current_head())
         self._head.sync()
 

@@ -46,6 +46,8 @@ class HeadFile:
         self.path = path
         self._fd: int | None = None
         self._failed = False
+        #: The last head written to the file by this object (None until one is).
+        self.written: Head | None = None
 
     @classmethod
     def encode(cls, head: Head) -> bytes:
@@ -78,6 +80,7 @@ class HeadFile:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.pwrite(self._fd, self.encode(head), 0)
             self._failed = False
+            self.written = head
         except OSError as exc:
             if not self._failed:
                 log.warning("event=journal_head_write_failed path=%s error=%r", self.path, str(exc))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .storage import fsync_path
+from .storage import fsync_path, write_atomic
 from .sync.records import EMPTY_DIGEST, ListDigest, canonical_line, quick_line
 from .sync.report import ListState
 from .sync.snapshot import ListedRecord, Manifest
@@ -99,14 +98,8 @@ def held_list_files(lists_dir: Path) -> dict[str, Path]:
 
 
 def write_pointer(pointer: Path, target: str) -> None:
-    """Point ``pointer`` at ``target`` atomically and durably (write, fsync, rename, fsync dir)."""
-    tmp = pointer.with_name(pointer.name + ".tmp")
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(target + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, pointer)
-    fsync_path(pointer.parent)
+    """Point ``pointer`` at ``target`` atomically and durably."""
+    write_atomic(pointer, f"{target}\n".encode("ascii"))
 
 
 def read_meta(conn: sqlite3.Connection, scope: str) -> HeldList:

@@ -54,7 +54,7 @@ from . import signing, tls
 from .cards.sam import SoftwareSam
 from .config import Config, parse
 from .exceptions import ConfigError, UniontermError
-from .storage import fsync_path
+from .storage import fsync_path, write_atomic
 from .tomlout import toml_text
 
 log = logging.getLogger("unionterm.provision")
@@ -278,24 +278,9 @@ class Owners:
 
 
 def write_file(path: Path, data: bytes, mode: int, owners: Owners = Owners(), secret: bool = False) -> None:
-    """Write ``path`` atomically with exactly ``mode``: temp file, fsync, rename, fsync the folder."""
+    """Write ``path`` atomically with exactly ``mode`` and the owner ``owners`` gives it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, mode)  # exact, whatever the umask
-        owners.apply(fd, secret)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        temp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(temp, path)
-    fsync_path(path.parent)
+    write_atomic(path, data, mode, prepare=lambda fd: owners.apply(fd, secret))
 
 
 # --- what gets written ---------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import secrets
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 _PROBE_NAME = ".unionterm-write-probe"
@@ -137,3 +139,33 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None,
+                 prepare: Callable[[int], None] | None = None) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old file or the new, never a mix.
+
+    A temp file beside it is written and fsynced, renamed over it, and the
+    folder fsynced (the rename is durable only then). ``mode`` is set exactly
+    (else the umask decides); ``prepare(fd)`` runs on the open temp file before
+    anything is written (a chown, so the file is never visible with the wrong
+    owner).
+    """
+    temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if mode is not None else 0o666)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)  # exact, whatever the umask
+        if prepare is not None:
+            prepare(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(temp, path)
+    fsync_path(path.parent)
