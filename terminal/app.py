@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,18 +22,18 @@ from pathlib import Path
 from typing import Any, cast
 
 from .bridge import LoopBridge
-from .cardref import card_ref
 from .commands import CommandProcessor
 from .config import Config
 from .config import load as load_config
 from .exceptions import CardError, CardRefused, CardRemoved, StorageError, UniontermError
+from .fifotaps import fifo_taps
 from .hardware import (CardChannel, CardGone, CardPresent, CardRead, Hardware, InputEvent,
                        InputKind, Inputs, ReaderState)
 from .identify import build as build_card_layer
 from .journal import Journal, Record, TxEntry
 from .members import Lookup, MemberStore
 from .membersync import MemberSync
-from .model import CardIdentity, Decision, Strength
+from .model import CardIdentity, Decision
 from .modes import AccessMode, Entry, Mode, Ruling, build_mode
 from .rules.clock import Moment
 from .rules.door import DoorMode
@@ -149,6 +148,8 @@ class Terminal:
         # [modes] the mode's rules, screens and services (terminal/modes/)
         self.mode: Mode = build_mode(self)
         self.services += self.mode.services
+        if cfg.simulator.tap_fifo:  # [journal/uplink] a test-only tap source
+            self.services.append(fifo_taps(cfg.simulator.tap_fifo))
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -217,8 +218,6 @@ class Terminal:
                     tg.create_task(self._input_loop(), name="inputs")
                     tg.create_task(self.uplink.run(), name="uplink")
                     tg.create_task(self._stop_when_asked(), name="stop")
-                    if self.cfg.simulator.tap_fifo:  # [journal/uplink] test-only tap source
-                        tg.create_task(self._fifo_taps(self.cfg.simulator.tap_fifo), name="tap-fifo")
                     for service in self.services:
                         tg.create_task(service(self), name=getattr(service, "__name__", "service"))
             except* _Stopped:
@@ -443,29 +442,9 @@ class Terminal:
         return refused
 
     def submit(self, tap: Tap) -> None:
-        """Queue a read card for its decision (the card stage, the FIFO, tests and benches)."""
+        """Queue a read card for its decision (the card stage, :meth:`submit_identity`, tests)."""
         self._busy += 1
         self._taps.put_nowait(tap)
-
-    async def _fifo_taps(self, path: str) -> None:
-        """``[simulator] tap_fifo``: each line a hex UID, served as a UID card tapped on "fifo"."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # RDWR: writers may come and go without EOF
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                    os.fdopen(fd, "rb", buffering=0))
-        try:
-            while line := await reader.readline():
-                try:
-                    uid = bytes.fromhex(line.decode("ascii").strip())
-                except (UnicodeDecodeError, ValueError):
-                    log.warning("event=fifo_tap_refused line=%r", line[:40])
-                    continue
-                identity = CardIdentity("uid-legacy", card_ref(self.card_key, "uid", uid), Strength.WEAK)
-                now = time.perf_counter()
-                self.submit(Tap("fifo", now, identity, read_at=now))
-        finally:
-            transport.close()
 
     def open_door_once(self) -> None:
         if not isinstance(self.mode, AccessMode):
