@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .cardref import card_ref
+from .cards.profiles import PROFILE_UID
 from .model import CardIdentity, Strength
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def fifo_taps(path: str) -> Callable[["Terminal"], Awaitable[None]]:
                 except (UnicodeDecodeError, ValueError):
                     log.warning("event=fifo_tap_refused line=%r", line[:40])
                     continue
-                identity = CardIdentity("uid-legacy", card_ref(terminal.card_key, "uid", uid), Strength.WEAK)
+                identity = CardIdentity(PROFILE_UID, card_ref(terminal.card_key, "uid", uid), Strength.WEAK)
                 terminal.submit_identity(READER, identity, time.perf_counter())
         finally:
             transport.close()

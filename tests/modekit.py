@@ -75,7 +75,7 @@ class Bench:
         uid = who.uid if isinstance(who, Person) else who
         before = len(self.outcomes)
         now = time.perf_counter()
-        identity = CardIdentity("uid-legacy", card_ref(self.card_key, "uid", uid), Strength.WEAK)
+        identity = CardIdentity("uid", card_ref(self.card_key, "uid", uid), Strength.WEAK)
         self.terminal.submit(Tap("bench", now, identity, read_at=now))
         await wait_until(lambda: len(self.outcomes) > before, timeout)
         return self.outcomes[before]

@@ -85,7 +85,7 @@ def shows(rig: Rig, screen: Screen) -> bool:
 
 def identity(rig: Rig, person: Person) -> CardIdentity:
     """What the UID profile would read from ``person``'s badge."""
-    return CardIdentity("uid-legacy", card_ref(rig.card_key, "uid", person.uid), Strength.WEAK)
+    return CardIdentity("uid", card_ref(rig.card_key, "uid", person.uid), Strength.WEAK)
 
 
 def tap(rig: Rig, person: Person) -> None:
