@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from terminal.exceptions import PayloadError
 from terminal.signing import MAX_INT
 
-from .strict import canonical_json, check_keys, get_choice, get_hex64, get_int, loads_object
+from .strict import canonical_json, check_keys, get_choice, get_hex64, get_int, label, loads_object
 from .topics import check_scope
 
 #: The resync request's ``list`` field names a scope or the hot list.
@@ -83,7 +83,7 @@ def decode_report(payload: bytes) -> Report:
 
 
 def _list_state(scope: str, item: object) -> ListState:
-    where = f"report.lists.{scope}"
+    where = f"report.lists.{label(scope)}"  # the key is the sender's until check_scope passes it
     check_scope(scope, where)
     item = check_keys(item, where, _LIST_KEYS)
     return ListState(scope=scope, version=get_int(item, "version", where, 0, MAX_INT),

@@ -26,7 +26,12 @@ from terminal.exceptions import PayloadError
 #: no '/', '+', '#', spaces or control characters.
 TOKEN_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.\-]{0,63}")
 HEX64_RE = re.compile(r"[0-9a-f]{64}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: Characters no free-text field may hold: control characters corrupt log lines and screens,
+#: and a lone UTF-16 surrogate (which JSON's ``\ud800`` escape can smuggle in) has no UTF-8
+#: form, so the record could never be written as its canonical line.
+_TEXT_FAULT_RE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+#: Longest rendering of a sender's value or name inside an error message.
+_SHOWN = 40
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
                             allow_nan=False, check_circular=False)
@@ -43,7 +48,7 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise ValueError(f"duplicate key {key!r}")
+                raise ValueError(f"duplicate key {quote_value(key)}")
             seen.add(key)
     return obj
 
@@ -63,6 +68,11 @@ def loads_object(data: bytes, where: str) -> dict[str, Any]:
         raise PayloadError(where, f"not UTF-8 (byte {exc.start})") from None
     except ValueError as exc:
         raise PayloadError(where, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        # json's C scanner recurses once per array or object level: a few KB of
+        # "[[[[" (well inside every size limit) exhaust the stack. Documents of
+        # this protocol are five levels deep at most, so this is never a real one.
+        raise PayloadError(where, "JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise PayloadError(where, f"expected a JSON object, got {type(value).__name__}")
     return value
@@ -81,7 +91,7 @@ def check_keys(obj: Any, where: str, required: AbstractSet[str],
         raise PayloadError(f"{where}.{missing[0]}", "required key missing")
     unknown = sorted(k for k in keys if k not in required and k not in optional)
     if unknown:
-        raise PayloadError(f"{where}.{unknown[0]}", "unknown key")
+        raise PayloadError(f"{where}.{label(unknown[0])}", "unknown key")
     return obj
 
 
@@ -100,7 +110,7 @@ def get_int(obj: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
     if type(value) is not int:
         raise PayloadError(f"{where}.{key}", f"expected an integer, got {type(value).__name__}")
     if not lo <= value <= hi:
-        raise PayloadError(f"{where}.{key}", f"{value} is outside {lo}..{hi}")
+        raise PayloadError(f"{where}.{key}", f"{quote_value(value)} is outside {lo}..{hi}")
     return value
 
 
@@ -137,9 +147,12 @@ def _str_problem(value: Any, max_len: int, pattern: re.Pattern[str] | None,
         return f"longer than {max_len} characters"
     if pattern is not None:
         if not pattern.fullmatch(value):
-            return f"{_shorten(value)!r} does not match {pattern.pattern}"
-    elif _CONTROL_RE.search(value):
-        return "contains control characters"
+            return f"{quote_value(value)} does not match {pattern.pattern}"
+    else:
+        fault = _TEXT_FAULT_RE.search(value)
+        if fault:
+            return ("contains a lone UTF-16 surrogate (not encodable as UTF-8)"
+                    if fault.group() >= "\ud800" else "contains control characters")
     return ""
 
 
@@ -147,7 +160,7 @@ def get_choice(obj: dict[str, Any], key: str, where: str, choices: Collection[st
     """One of a fixed set of words."""
     value = obj[key]
     if type(value) is not str or value not in choices:
-        raise PayloadError(f"{where}.{key}", f"{_shorten(value)!r} is not one of {sorted(choices)}")
+        raise PayloadError(f"{where}.{key}", f"{quote_value(value)} is not one of {sorted(choices)}")
     return value
 
 
@@ -177,7 +190,35 @@ def refuse_repeats(values: Collection[str], where: str) -> None:
         seen.add(value)
 
 
-def _shorten(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > 40:
-        return value[:37] + "..."
-    return value
+def label(name: str, limit: int = _SHOWN) -> str:
+    """A sender's key, scope or topic as it may stand in a ``where``: short, unprintables escaped.
+
+    Names in error paths come from the payload; a 4 MB key or a lone
+    surrogate there would flood, or break, the one log line meant to say what
+    is wrong.
+    """
+    head = name[:limit]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in head)
+    if len(head) > limit or len(name) > limit:
+        return head[:limit - 3] + "..."
+    return head
+
+
+def quote_value(value: Any) -> str:
+    """A sender's value as an error message may quote it, in at most a few dozen characters.
+
+    Strings are quoted and cut; integers keep their head and digit count
+    (a 4000-digit number says nothing more); arrays and objects are named by
+    type only, since their repr may be megabytes long or too deeply nested to
+    produce at all.
+    """
+    if isinstance(value, str):
+        text = repr(value if len(value) <= _SHOWN else value[:_SHOWN - 3] + "...")
+        return text if len(text) <= 2 * _SHOWN else text[:2 * _SHOWN - 3] + "..."  # escapes
+    if type(value) is int:
+        digits = str(value)
+        return digits if len(digits) <= 24 else f"{digits[:12]}... ({len(digits.lstrip('-'))} digits)"
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"  # list or dict

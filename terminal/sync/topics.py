@@ -10,6 +10,8 @@ import re
 
 from terminal.exceptions import PayloadError
 
+from .strict import label, quote_value
+
 DEFAULT_PREFIX = "unionterm/v1"
 #: ``all``, ``org-<id>`` or ``group-<id>``; always exactly one topic level.
 SCOPE_RE = re.compile(r"all|(org|group)-[0-9A-Za-z][0-9A-Za-z_.\-]{0,57}")
@@ -21,7 +23,7 @@ _INDEX_RE = re.compile(r"0|[1-9][0-9]{0,4}")
 def check_scope(scope: str, where: str = "scope") -> str:
     """Refuse anything that is not a member-list scope."""
     if not isinstance(scope, str) or not SCOPE_RE.fullmatch(scope):
-        raise PayloadError(where, f"{scope!r} is not a scope (all, org-<id>, group-<id>)")
+        raise PayloadError(where, f"{quote_value(scope)} is not a scope (all, org-<id>, group-<id>)")
     return scope
 
 
@@ -65,5 +67,6 @@ def chunk_index(topic: str, scope: str, prefix: str = DEFAULT_PREFIX) -> int:
     head = f"{prefix}/members/{check_scope(scope)}/chunk/"
     tail = topic[len(head):] if topic.startswith(head) else ""
     if not _INDEX_RE.fullmatch(tail):
-        raise PayloadError(topic, f"not a chunk topic of scope {scope!r}")
+        # The level after chunk/ is the sender's: up to 64 KB of anything, so it is cut for the log.
+        raise PayloadError(label(topic, len(head) + 24), f"not a chunk topic of scope {scope!r}")
     return int(tail)
