@@ -199,7 +199,9 @@ def decode_result(payload: bytes) -> CommandResult:
 def refusal_reason(exc: PayloadError) -> str:
     """The stable word for why a command was not trusted."""
     if isinstance(exc, SignatureError):
-        return "unsigned" if "unsigned" in exc.problem else "bad_signature"
+        # by where and the start of the problem: a scope or kind named "unsigned" appears in the text too
+        unsigned = exc.where == "envelope" and exc.problem.startswith("unsigned")
+        return "unsigned" if unsigned else "bad_signature"
     if isinstance(exc, ReplayError):
         if exc.where.endswith(".nonce"):
             return "replayed"

@@ -107,12 +107,28 @@ def decode_ack(payload: bytes) -> Ack:
 
 
 def payload_bytes(payload: Any) -> bytes:
-    """aiomqtt hands payloads over as bytes, str, numbers or None; make them bytes."""
-    if isinstance(payload, (bytes, bytearray)):
+    """aiomqtt hands payloads over as bytes, str, numbers or None; make them bytes.
+
+    Anything that has no byte form (text with lone surrogates, an integer
+    past Python's 4300-digit limit, some other object) is refused by name:
+    this runs on every inbound message, and an exception here would end the
+    session instead of one message.
+    """
+    if isinstance(payload, (bytes, bytearray, memoryview)):
         return bytes(payload)
     if payload is None:
         return b""
-    return str(payload).encode()
+    if isinstance(payload, str):
+        try:
+            return payload.encode()
+        except UnicodeEncodeError as exc:
+            raise PayloadError("payload", f"text is not encodable as UTF-8 (character {exc.start})") from None
+    if isinstance(payload, (int, float)):
+        try:
+            return str(payload).encode()
+        except ValueError:
+            raise PayloadError("payload", "integer too large to write as text") from None
+    raise PayloadError("payload", f"a {type(payload).__name__} is not a message payload")
 
 
 class Uplink:
@@ -351,10 +367,14 @@ class Uplink:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            await self.dispatch(message.topic, payload_bytes(message.payload))
+            await self.dispatch(message.topic, message.payload)
 
-    async def dispatch(self, topic: aiomqtt.Topic | str, payload: bytes) -> None:
-        """Hand one inbound message to its handler; nothing a sender does can stop the terminal."""
+    async def dispatch(self, topic: aiomqtt.Topic | str, payload: Any) -> None:
+        """Hand one inbound message to its handler; nothing a sender does can stop the terminal.
+
+        ``payload`` is converted here, inside the refusal handling, so even a
+        payload without a byte form costs one log line and not the session.
+        """
         topic = topic if isinstance(topic, aiomqtt.Topic) else aiomqtt.Topic(topic)
         name = str(topic)
         match = next(((h, limit) for f, (h, limit) in self._handlers.items() if topic.matches(f)), None)
@@ -362,9 +382,10 @@ class Uplink:
             return
         handler, limit = match
         try:
-            if len(payload) > limit:
-                raise PayloadError(name, f"payload of {len(payload)} bytes exceeds {limit}")
-            await handler(name, payload)
+            data = payload_bytes(payload)
+            if len(data) > limit:
+                raise PayloadError(name, f"payload of {len(data)} bytes exceeds {limit}")
+            await handler(name, data)
         except PayloadError as exc:
             log.warning("event=inbound_refused topic=%s where=%s reason=%r", name, exc.where, exc.problem)
         except UniontermError as exc:

@@ -16,25 +16,12 @@ from simulator.services import Mosquitto
 from terminal.app import Tap, Terminal
 from terminal.model import CardIdentity, Strength
 from terminal.rules.clock import Moment
+from tests.logkit import Lines
 from tests.memberkit import (DAY, STRANGER, delta, digest_of, hotlist, members, publish_delta,
                              publish_hotlist, publish_snapshot, resign, running_terminal, snapshot,
                              store_content, wait_until, window, write_terminal_config)
 
 pytestmark = pytest.mark.stack
-
-
-class Lines(logging.Handler):
-    """The sync service's log lines, as written."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-    def having(self, *words: str) -> list[str]:
-        return [line for line in self.lines if all(w in line for w in words)]
 
 
 @pytest.fixture
