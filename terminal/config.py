@@ -9,6 +9,7 @@ file, the dotted key and what is wrong, and ``unionterm check-config`` exits
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,8 @@ class GpioSection:
     green_led_pin: int = bounded(27, 0, 27)
     red_led_pin: int = bounded(22, 0, 27)
     buzzer_pin: int = bounded(23, 0, 27)
-    door_contact_pin: int | None = None
-    exit_button_pin: int | None = None
+    door_contact_pin: int | None = bounded(None, 0, 27)
+    exit_button_pin: int | None = bounded(None, 0, 27)
 
 
 @dataclass(frozen=True)
@@ -316,12 +317,43 @@ def parse(text: str, path: str) -> Config:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(path, None, f"not valid TOML: {_deep_nesting(text)}arrays or inline tables "
+                          "nested too deeply") from None
+    except ValueError as exc:  # int()'s 4300-digit limit, which tomllib lets through without a position
+        raise ConfigError(path, None, f"not valid TOML: {_long_number(text)}{exc}") from None
     if "source" in table:
         raise ConfigError(path, "source", "unknown key")
     cfg: Config = load_section(Config, table, path)
     object.__setattr__(cfg, "source", path)
     _cross_check(cfg, path)
     return cfg
+
+
+# tomllib names the line of a syntax error, but not of these two: find it for the message.
+_LONG_NUMBER_RE = re.compile(r"[0-9][0-9_]{4299,}")
+#: No config nests anywhere near this deep; tomllib gives up a few hundred levels down.
+_DEEP = 100
+
+
+def _long_number(text: str) -> str:
+    """``line N: `` of the first number too long for Python's int()."""
+    match = _LONG_NUMBER_RE.search(text)
+    return f"line {text.count(chr(10), 0, match.start()) + 1}: " if match else ""
+
+
+def _deep_nesting(text: str) -> str:
+    """``line N: `` where brackets first nest past :data:`_DEEP` (counted naively: only a pointer)."""
+    depth = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        for ch in line:
+            if ch in "[{":
+                depth += 1
+                if depth > _DEEP:
+                    return f"line {number}: "
+            elif ch in "]}":
+                depth = max(depth - 1, 0)
+    return ""
 
 
 def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> Config:
@@ -336,6 +368,10 @@ def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> Config:
         raise ConfigError(name, None, "is a directory, not a config file") from None
     except PermissionError:
         raise ConfigError(name, None, "permission denied") from None
+    except OSError as exc:  # a file where a folder should be, a name too long, a symlink loop, I/O error
+        raise ConfigError(name, None, f"cannot be read: {exc.strerror or exc}") from None
+    except ValueError:  # open() refuses a name with a NUL byte before the system sees it
+        raise ConfigError(name, None, "is not a usable file name (it contains a NUL byte)") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -78,7 +78,12 @@ def _convert(value: Any, tp: Any, path: str, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, key, f"expected a number, got {_describe(value)}")
-        return float(value)
+        if value != value:  # NaN passes every range check: no bound is ever crossed
+            raise ConfigError(path, key, "expected a number, got nan")
+        try:
+            return float(value)
+        except OverflowError:  # TOML integers are unbounded here, floats are not
+            raise ConfigError(path, key, "expected a number, got an integer too large to be one") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(path, key, f"expected a string, got {_describe(value)}")
@@ -109,7 +114,14 @@ def load_section(cls: type, table: dict[str, Any], path: str, prefix: str = "") 
             if hi is not None and value > hi:
                 raise ConfigError(path, dotted, f"must be at most {hi}, got {value}")
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        # The rules' own checks (__post_init__) know their section's name, not the file or where the
+        # section sits in it ("canteen: windows.lunch"); say both.
+        raise ConfigError(path, prefix or None, f"{exc.key}: {exc.problem}" if exc.key else exc.problem) from None
+    except ValueError as exc:  # a check that failed on a value it did not expect ("²²:00" to int)
+        raise ConfigError(path, prefix or None, f"invalid value: {exc}") from None
 
 
 def _join(prefix: str, key: str) -> str:

@@ -55,6 +55,12 @@ class MealPrice:
     price_fen: int = 0
     allowance_fen: int = 0
 
+    def __post_init__(self) -> None:
+        # A negative price or allowance would turn a meal into a payout to the member.
+        for key in ("price_fen", "allowance_fen"):
+            if getattr(self, key) < 0:
+                raise ConfigError("canteen", key, f"must be at least 0, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class MealWindow:

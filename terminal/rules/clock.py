@@ -50,7 +50,7 @@ def parse_hms(text: str) -> int:
     ``"24:00:00"`` is accepted as the end of the day.
     """
     parts = text.split(":")
-    if len(parts) not in (2, 3) or not all(p.isdigit() and len(p) == 2 for p in parts):
+    if len(parts) not in (2, 3) or not all(p.isascii() and p.isdigit() and len(p) == 2 for p in parts):
         raise ConfigError("time", text, "expected HH:MM or HH:MM:SS")
     h, m, s = (int(p) for p in (*parts, "00")[:3])
     seconds = h * 3600 + m * 60 + s

@@ -61,7 +61,7 @@ def check_tier_table(table: Mapping[str, int], section: str, key: str, hi: int) 
     """Reject a tier table a config author got wrong (tier not a number,
     value outside 0..hi) before it can price a sale."""
     for tier, value in table.items():
-        if not tier.isdigit():
+        if not (tier.isascii() and tier.isdigit()):  # str.isdigit() takes "²", int() does not
             raise ConfigError(section, f"{key}.{tier}", "tier must be a whole number")
         if not 0 <= value <= hi:
             raise ConfigError(section, f"{key}.{tier}", f"must be 0..{hi}")
