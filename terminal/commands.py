@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import signing
 from .config import Config
-from .exceptions import PayloadError, ReplayError, SignatureError, StorageError, UniontermError
+from .exceptions import PayloadError, ReplayError, SignatureError, StorageError, UniontermError, UnsignedError
 from .journal import Journal, TxEntry
 from .rules.door import DoorMode
 from .sync.strict import canonical_json, check_keys, get_choice, get_int, get_str, loads_object
@@ -199,9 +199,7 @@ def decode_result(payload: bytes) -> CommandResult:
 def refusal_reason(exc: PayloadError) -> str:
     """The stable word for why a command was not trusted."""
     if isinstance(exc, SignatureError):
-        # by where and the start of the problem: a scope or kind named "unsigned" appears in the text too
-        unsigned = exc.where == "envelope" and exc.problem.startswith("unsigned")
-        return "unsigned" if unsigned else "bad_signature"
+        return "unsigned" if isinstance(exc, UnsignedError) else "bad_signature"
     if isinstance(exc, ReplayError):
         if exc.where.endswith(".nonce"):
             return "replayed"

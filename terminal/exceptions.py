@@ -90,6 +90,14 @@ class SignatureError(PayloadError):
     """A signed message is unsigned, signed by an unknown key, or does not verify."""
 
 
+class UnsignedError(SignatureError):
+    """No signature envelope at all: refused as ``unsigned``, not ``bad_signature``.
+
+    Its own class so the refusal word never depends on the message text,
+    which may quote a sender's scope or kind.
+    """
+
+
 class ReplayError(PayloadError):
     """A signed message is valid but old, expired or already seen."""
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .exceptions import PayloadError, ReplayError, SignatureError
+from .exceptions import PayloadError, ReplayError, SignatureError, UnsignedError
 from .memberfiles import BuildCancelled, HeldList, SnapshotBuild, remove_list_file
 from .members import MemberStore
 from .model import Decision
@@ -82,7 +82,7 @@ def refusal_reason(exc: PayloadError) -> str:
             return "wrong_kind"
         if where.endswith(".scope"):
             return "wrong_scope"
-        return "unsigned" if exc.problem.startswith("unsigned") else "bad_signature"
+        return "unsigned" if isinstance(exc, UnsignedError) else "bad_signature"
     if where.endswith(".digest"):
         return "wrong_digest"
     return "malformed"

@@ -40,7 +40,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .exceptions import ConfigError, PayloadError, ReplayError, SignatureError
+from .exceptions import ConfigError, PayloadError, ReplayError, SignatureError, UnsignedError
 from .sync.strict import TOKEN_RE, canonical_json, check_keys, get_int, get_str, loads_object
 
 MAGIC = b"UT1\n"
@@ -126,7 +126,7 @@ def parse(blob: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Header, byte
     if len(blob) > max_bytes:
         raise PayloadError(_WHERE, f"{len(blob)} bytes is over the {max_bytes}-byte limit")
     if not blob.startswith(MAGIC):
-        raise SignatureError(_WHERE, "unsigned: does not start with the UT1 envelope magic")
+        raise UnsignedError(_WHERE, "unsigned: does not start with the UT1 envelope magic")
     end = blob.find(b"\n", len(MAGIC), len(MAGIC) + MAX_HEADER_LEN + 1)
     if end < 0:
         raise PayloadError(f"{_WHERE}.header", f"no header line within {MAX_HEADER_LEN} bytes")

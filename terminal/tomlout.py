@@ -16,7 +16,8 @@ from typing import Any
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _toml_key(key: str) -> str:
+def toml_key(key: str) -> str:
+    """A key as TOML spells it: bare when it can be, quoted otherwise."""
     return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
 
 
@@ -26,7 +27,12 @@ def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def _toml_value(value: Any, where: str) -> str:
+def toml_scalar(value: Any) -> str | None:
+    """A boolean, number or string as TOML spells it; None for anything else.
+
+    Shared with the config fuzz tests, which write documents this writer
+    refuses (inline tables, dates, raw text) around the same scalars.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -39,6 +45,13 @@ def _toml_value(value: Any, where: str) -> str:
         return repr(value)
     if isinstance(value, str):
         return _toml_string(value)
+    return None
+
+
+def _toml_value(value: Any, where: str) -> str:
+    scalar = toml_scalar(value)
+    if scalar is not None:
+        return scalar
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
     raise TypeError(f"{where}: cannot write {type(value).__name__} to TOML")
@@ -55,11 +68,11 @@ def toml_text(table: Mapping[str, Any], prefix: str = "") -> str:
     for key, value in table.items():
         if value is None:
             continue
-        dotted = f"{prefix}.{_toml_key(key)}" if prefix else _toml_key(key)
+        dotted = f"{prefix}.{toml_key(key)}" if prefix else toml_key(key)
         if isinstance(value, Mapping):
             subtables.append((dotted, value))
         else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value, dotted)}")
+            lines.append(f"{toml_key(key)} = {_toml_value(value, dotted)}")
     out = []
     if lines:
         out.append((f"[{prefix}]\n" if prefix else "") + "\n".join(lines) + "\n")

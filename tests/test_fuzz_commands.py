@@ -35,7 +35,7 @@ from terminal.commands import (ACTIONS, LOCKDOWN, OPEN_DOOR, SHOW_MESSAGE, SYNC_
                                CommandResult, build_command, decode_command_body, decode_result,
                                encode_command_body, refusal_reason)
 from terminal.config import Config, parse
-from terminal.exceptions import PayloadError, ReplayError, SignatureError
+from terminal.exceptions import PayloadError, ReplayError, SignatureError, UnsignedError
 from terminal.journal import Journal, TxEntry
 from terminal.rules.door import DoorMode
 from terminal.sync.strict import canonical_json
@@ -54,7 +54,7 @@ STRANGER = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
 TRUSTED = signing.trusted_keys([KEY.public_key()])
 KID = signing.key_id(KEY.public_key())
 #: The classes the contract lets a decoder raise (docs/protocol-tx.md).
-DOCUMENTED = (PayloadError, SignatureError, ReplayError)
+DOCUMENTED = (PayloadError, SignatureError, UnsignedError, ReplayError)
 #: Every refusal word of docs/protocol-tx.md ("Results").
 REASONS = {"unsigned", "bad_signature", "expired", "validity_too_long", "not_yet_valid", "malformed",
            "replayed", "storage_unavailable"}

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from simulator.rig import sim_config_text
 from terminal.config import Config, load, parse
 from terminal.exceptions import ConfigError
+from terminal.tomlout import toml_key, toml_scalar
 
 from tests.logkit import production_stack
 
@@ -166,40 +167,14 @@ class Raw:
 
 
 DELETE = object()
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out) + '"'
-
-
-def toml_key(key: str) -> str:
-    return key if _BARE.fullmatch(key) else toml_string(key)
 
 
 def toml_value(value: Any) -> str:
     if isinstance(value, Raw):
         return value.text
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
+    scalar = toml_scalar(value)
+    if scalar is not None:
+        return scalar
     if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
         return value.isoformat()
     if isinstance(value, list):
