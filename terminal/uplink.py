@@ -44,7 +44,7 @@ from typing import Any
 import aiomqtt
 
 from . import __version__
-from .cancels import bounded, cancels_requested, raise_lost_cancel
+from .cancels import bounded, connection
 from .config import Config
 from .exceptions import PayloadError, UniontermError
 from .journal import AckResult, Journal, Record
@@ -225,15 +225,13 @@ class Uplink:
         m = self.cfg.mqtt
         while True:
             client = self._new_client()
-            cancels = cancels_requested()
             try:
-                async with client:  # its CONNACK wait is a wait_for too: a stop there can be lost
+                async with connection(client):
                     attempt = 0
                     self.connects += 1
                     self._client = client
                     log.info("event=broker_connected host=%s port=%d", m.host, m.port)
                     try:
-                        raise_lost_cancel(cancels)
                         await self._session(client)
                     except asyncio.CancelledError:
                         await self._goodbye(client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -201,7 +202,10 @@ async def test_a_cancel_count_left_behind_does_not_stop_later_calls() -> None:
 
 async def test_a_stop_that_lands_as_the_broker_accepts_still_stops_the_uplink(tmp_path: Path,
                                                                             broker: Mosquitto) -> None:
-    """The CONNACK wait inside ``async with client`` is a wait_for too (a terminal that never stopped in CI)."""
+    """The CONNACK wait inside ``async with client`` is a wait_for too (a terminal that never stopped in CI).
+
+    The stop lands before the session begins, so none is counted.
+    """
     cfg = uplink_config(tmp_path / "state", broker.port)
     async with Journal(tmp_path / "state" / "journal.db", "T-1", clock, cfg.journal) as journal:
         uplink = Uplink(cfg, journal)
@@ -217,4 +221,89 @@ async def test_a_stop_that_lands_as_the_broker_accepts_still_stops_the_uplink(tm
         task = asyncio.create_task(uplink.run())
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
-        assert uplink.connects == 1 and not uplink.connected.is_set()
+        assert uplink.connects == 0 and not uplink.connected.is_set()
+
+
+class ConnackHolder:
+    """A TCP proxy in front of the broker that holds back what the broker says until released.
+
+    It keeps a connecting client waiting for its CONNACK for as long as a test
+    needs, and tells when that client closes its end.
+    """
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = 0
+        self.held = bytearray()
+        self.released = asyncio.Event()
+        self.client_closed = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> "ConnackHolder":
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        for coro in (self._up(reader, up_w), self._down(up_r, writer)):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+
+    async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+            self.client_closed.set()
+            writer.close()
+
+    async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if not self.released.is_set():
+                    self.held += data
+                    await self.released.wait()
+                    data, self.held = bytes(self.held), bytearray()
+                writer.write(data)
+            writer.close()
+
+
+async def test_a_stop_while_waiting_for_connack_closes_the_half_open_connection(tmp_path: Path,
+                                                                               broker: Mosquitto) -> None:
+    """aiomqtt cancelled in its CONNACK wait leaves the socket open with no owner.
+
+    That connection then lived on until the next session with the same
+    client id took it over, and its end was logged as "Future exception was
+    never retrieved" (seen when a bench stopped a terminal just started).
+    """
+    loop_errors: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: loop_errors.append(context))
+    try:
+        async with ConnackHolder(broker.port) as holder:
+            cfg = uplink_config(tmp_path / "state", holder.port)
+            async with Journal(tmp_path / "state" / "journal.db", "T-1", clock, cfg.journal) as journal:
+                uplink = Uplink(cfg, journal)
+                task = asyncio.create_task(uplink.run())
+                await wait_until(lambda: holder.held, 5, "the broker's CONNACK")
+                task.cancel()
+                await asyncio.sleep(0.1)  # the stop lands first; then the CONNACK comes through
+                holder.released.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 10)
+                assert uplink.connects == 0 and not uplink.connected.is_set()
+                await asyncio.wait_for(holder.client_closed.wait(), 3)
+        del task, uplink
+        gc.collect()
+        await asyncio.sleep(0.1)
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert not loop_errors, [str(context.get("exception") or context["message"]) for context in loop_errors]

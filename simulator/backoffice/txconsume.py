@@ -47,7 +47,7 @@ from typing import Any, TextIO
 import aiomqtt
 
 from terminal import logs
-from terminal.cancels import bounded, cancels_requested, raise_lost_cancel
+from terminal.cancels import bounded, connection
 from terminal.exceptions import PayloadError
 from terminal.journal import GENESIS, KIND_RESET, chain_hash
 from terminal.signing import MAX_INT
@@ -359,10 +359,8 @@ class TxConsumer:
         while True:
             client = aiomqtt.Client(self.host, self.port, identifier=self.client_id, clean_session=False,
                                     socket_options=NO_DELAY)
-            cancels = cancels_requested()
             try:
-                async with client:
-                    raise_lost_cancel(cancels)
+                async with connection(client):
                     attempt = 0
                     await bounded(client.subscribe(tx_filter(self.prefix), qos=1))
                     self.connected.set()

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiomqtt
 
-from terminal.cancels import bounded, cancels_requested, raise_lost_cancel
+from terminal.cancels import bounded, connection
 from terminal.exceptions import PayloadError
 from terminal.uplink import payload_bytes
 
@@ -45,10 +45,8 @@ class Feed:
         """Forever: connect, take messages; when the broker goes, try again every RETRY_S."""
         while True:
             client = aiomqtt.Client(self.host, self.port, identifier=self.client_id, clean_session=False)
-            cancels = cancels_requested()
             try:
-                async with client:
-                    raise_lost_cancel(cancels)
+                async with connection(client):
                     for what in ("tx", "ack"):
                         await bounded(client.subscribe(f"{self.prefix}/t/+/{what}", qos=1))
                     self.connected = True
