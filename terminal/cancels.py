@@ -60,7 +60,7 @@ def raise_lost_cancel(before: int) -> None:
 
 @contextlib.asynccontextmanager
 async def connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
-    """``async with client``, except that a stop during the connect closes what it opened.
+    """``async with client``, except that a connect that does not end in a session closes what it opened.
 
     aiomqtt cancelled in its CONNACK wait leaves the socket open with no
     owner: the broker keeps that session until the next connection with the
@@ -68,8 +68,9 @@ async def connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
     exception was never retrieved" (a terminal stopped just after it started).
     So the connect runs shielded, and a stop gives it a moment to settle: one
     that got through is disconnected cleanly. A connect still hanging after
-    that moment (a broker that does not answer) is abandoned as before, so
-    that a stop never waits for the connect timeouts.
+    that moment (a broker that does not answer) is abandoned, so that a stop
+    never waits for the connect timeouts. A connect that times out by itself
+    is closed here too (below).
     """
     entering = asyncio.ensure_future(client.__aenter__())
     try:
@@ -78,10 +79,31 @@ async def connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
         await asyncio.wait({entering}, timeout=CONNECT_SETTLE_S)
         if not entering.done():
             entering.cancel()
-        elif not entering.cancelled() and entering.exception() is None:
+        elif entering.cancelled():
+            pass
+        elif entering.exception() is None:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await client.__aexit__(None, None, None)
+        else:
+            _close_unanswered(client)
+        raise
+    except aiomqtt.MqttError:
+        _close_unanswered(client)
         raise
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_exit(client)
         yield client
+
+
+def _close_unanswered(client: aiomqtt.Client) -> None:
+    """Close the socket of a connect that failed, which aiomqtt leaves open.
+
+    After a CONNACK that did not come in time, the socket stays open until
+    paho's keepalive closes it, half a minute or more later: against a broker
+    that accepts connections and says nothing, every try adds one, and a late
+    CONNACK on one of them could hand it this client id's session, taking it
+    from the connection that replaced it. paho's ``disconnect()`` sends DISCONNECT
+    and closes the socket; aiomqtt has no call for it. Without a socket
+    (the TCP connect itself failed) it does nothing.
+    """
+    client._client.disconnect()  # noqa: SLF001

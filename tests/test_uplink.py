@@ -15,6 +15,7 @@ import pytest
 from simulator.backoffice.txconsume import TxConsumer, TxStore
 from simulator.observer import Observer
 from simulator.services import Mosquitto
+from terminal import uplink as uplink_module
 from terminal.cancels import bounded
 from terminal.journal import Journal, Record, TxEntry
 from terminal.uplink import Ack, Uplink, encode_ack
@@ -307,3 +308,26 @@ async def test_a_stop_while_waiting_for_connack_closes_the_half_open_connection(
     finally:
         loop.set_exception_handler(None)
     assert not loop_errors, [str(context.get("exception") or context["message"]) for context in loop_errors]
+
+
+async def test_a_connect_that_times_out_waiting_for_connack_closes_its_connection(
+        tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiomqtt gives up on the CONNACK but kept the socket: one per try against a broker that says nothing.
+
+    Each lived until paho's keepalive closed it, and one answered late could
+    take the client id's session over from the connection that replaced it.
+    """
+    monkeypatch.setattr(uplink_module, "CONNECT_TIMEOUT_S", 0.5)
+    async with ConnackHolder(broker.port) as holder:  # never released: no CONNACK ever comes
+        cfg = uplink_config(tmp_path / "state", holder.port)
+        async with Journal(tmp_path / "state" / "journal.db", "T-1", clock, cfg.journal) as journal:
+            uplink = Uplink(cfg, journal)
+            task = asyncio.create_task(uplink.run())
+            try:
+                await wait_until(lambda: holder.held, 5, "the broker's CONNACK")
+                await asyncio.wait_for(holder.client_closed.wait(), 3)
+                assert uplink.connects == 0
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
