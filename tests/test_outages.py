@@ -24,12 +24,12 @@ import pytest
 
 from simulator.backoffice.txconsume import TxConsumer, TxStore
 from simulator.observer import Observer
-from simulator.services import Mosquitto, Pcscd, free_port
+from simulator.services import Mosquitto, Pcscd
 from terminal.journal import Journal, TxEntry
 from terminal.storage import StorageState, screen_text
 from terminal.ui import Screen, text
 from terminal.uplink import Uplink
-from txkit import TxRig, shows, tap, uplink_config, wait_until
+from txkit import BrokerProxy, TxRig, shows, tap, uplink_config, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -93,7 +93,7 @@ async def test_broker_restarted_20_times_during_5000_taps(tmp_path: Path, pcscd:
     assert store.counts(TERMINAL).raw >= 5000
 
 
-class PubackDropper:
+class PubackDropper(BrokerProxy):
     """A TCP proxy in front of the broker that can swallow everything the broker says back.
 
     While ``swallow`` is set, PUBACKs and PUBLISHes from the broker (the back
@@ -103,49 +103,9 @@ class PubackDropper:
     """
 
     def __init__(self, broker_port: int) -> None:
-        self.broker_port = broker_port
-        self.port = free_port()
+        super().__init__(broker_port)
         self.swallow = False
         self.swallowed = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def listen(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
-
-    def refuse(self) -> None:
-        """Stop listening: connecting fails at once, as with a broker that is down."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-    async def __aenter__(self) -> "PubackDropper":
-        await self.listen()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.refuse()
-        for task in self._tasks:
-            task.cancel()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
-        except OSError:
-            writer.close()
-            return
-        for coro in (self._pipe(reader, up_w), self._down(up_r, writer)):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
 
     async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):

@@ -20,7 +20,7 @@ from terminal.cancels import bounded
 from terminal.journal import Journal, Record, TxEntry
 from terminal.uplink import Ack, Uplink, encode_ack
 
-from txkit import uplink_config, wait_until
+from txkit import BrokerProxy, uplink_config, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -225,45 +225,17 @@ async def test_a_stop_that_lands_as_the_broker_accepts_still_stops_the_uplink(tm
         assert uplink.connects == 0 and not uplink.connected.is_set()
 
 
-class ConnackHolder:
+class ConnackHolder(BrokerProxy):
     """A TCP proxy in front of the broker that holds back what the broker says until released.
 
     It keeps a connecting client waiting for its CONNACK for as long as a test
-    needs, and tells when that client closes its end.
+    needs.
     """
 
     def __init__(self, broker_port: int) -> None:
-        self.broker_port = broker_port
-        self.port = 0
+        super().__init__(broker_port)
         self.held = bytearray()
         self.released = asyncio.Event()
-        self.client_closed = asyncio.Event()
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> "ConnackHolder":
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
-        for coro in (self._up(reader, up_w), self._down(up_r, writer)):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)
-
-    async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-            self.client_closed.set()
-            writer.close()
 
     async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from simulator.people import Person
 from simulator.rig import Rig
-from simulator.services import Mosquitto, Pcscd
+from simulator.services import Mosquitto, Pcscd, free_port
 from terminal.app import Tap
 from terminal.cardref import card_ref
 from terminal.config import Config, parse
@@ -108,3 +108,60 @@ def uplink_config(state: Path, port: int, terminal_id: str = "T-1", **sections: 
     text += toml_section("mqtt", {"port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5})
     text += "".join(toml_section(name, values) for name, values in sections.items())
     return parse(text, "test")
+
+
+class BrokerProxy:
+    """A TCP proxy in front of the broker: what goes up passes, what comes down is the subclass's ``_down``.
+
+    ``refuse()`` stops listening (connecting then fails at once, as with a
+    broker that is down) and ``listen()`` opens the same port again;
+    ``client_closed`` is set once a client has closed its end.
+    """
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = free_port()
+        self.client_closed = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def listen(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    def refuse(self) -> None:
+        """Stop listening: connecting fails at once, as with a broker that is down."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def __aenter__(self) -> "BrokerProxy":
+        await self.listen()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.refuse()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        except OSError:
+            writer.close()
+            return
+        for coro in (self._up(reader, up_w), self._down(up_r, writer)):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            self.client_closed.set()
+        writer.close()
+
+    async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
