@@ -170,6 +170,9 @@ def _sam_link_service(channel: ReaderChannel) -> Service:
 # --- card reads ----------------------------------------------------------------------------
 
 
+_SELECT_PPSE = emv.select_ppse()
+
+
 class _Watched:
     """A channel that notes how far the card went, per "Choosing a profile" in docs/card-profiles.md.
 
@@ -182,7 +185,7 @@ class _Watched:
     def __init__(self, channel: CardChannel, select_union: bytes) -> None:
         self._channel = channel
         self._select_union = select_union
-        self._select_ppse = emv.select_ppse()
+        self._select_ppse = _SELECT_PPSE
         self.profile = ""
         self.uid = b""
 
@@ -213,6 +216,10 @@ class CardIdentifier:
     sam: Sam | None = None
     union: UnionAppConfig = field(default_factory=UnionAppConfig)
     known_ref: KnownRef = lambda ref: False
+    _select_union: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._select_union = desfire.select_application(self.union.aid)  # once: every tap starts with it
 
     @property
     def union_allowed(self) -> bool:
@@ -229,7 +236,7 @@ class CardIdentifier:
         return self.sam is None or isinstance(self.sam, (SoftwareSam, UnavailableSam))
 
     async def __call__(self, channel: CardChannel, atr: bytes) -> CardIdentity:
-        watched = _Watched(channel, desfire.select_application(self.union.aid))
+        watched = _Watched(channel, self._select_union)
         try:
             identity = await profiles.identify(watched, atr, self.allowed, card_key=self.card_key,
                                                sam=self.sam, union=self.union)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,21 @@ async def test_append_chains_and_orders(tmp_path: Path) -> None:
         assert record.hash == chain_hash(prev, record.body)
         prev = record.hash
     assert len({json.loads(r.body)["txid"] for r in records}) == 5
+
+
+async def test_transaction_ids_are_distinct_random_uuids_through_bursts_and_reopens(tmp_path: Path) -> None:
+    # Taps one by one take ids drawn ahead between taps; a batch larger than that stock draws its own.
+    async with journal(tmp_path) as j:
+        records = [await j.append(entry(i)) for i in range(6)]
+        records += await j.append_batch([entry(i) for i in range(10)])
+        records.append(await j.append(entry(99)))
+    async with journal(tmp_path) as j:
+        records.append(await j.append(entry(100)))
+    ids = [json.loads(r.body)["txid"] for r in records]
+    assert len(set(ids)) == len(ids) == 18
+    for txid in ids:
+        parsed = uuid.UUID(txid)
+        assert str(parsed) == txid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 async def test_reopen_continues_sequence_and_chain(tmp_path: Path) -> None:

@@ -185,13 +185,13 @@ def an10922(master: AesKey, div_input: bytes) -> bytes:
     if not 1 <= len(div_input) <= 31:
         raise ValueError("AN10922 diversification input is 1..31 bytes")
     message = bytes([AN10922_DIV_AES128]) + div_input
-    k1, k2 = master.subkeys()
+    k1, k2 = master._subkey_ints()
     if len(message) == 2 * BLOCK:
         subkey = k1
     else:
         message = iso9797_m2_pad(message, 2 * BLOCK)
         subkey = k2
-    last = bytes(x ^ y for x, y in zip(message[BLOCK:], subkey, strict=True))
+    last = (int.from_bytes(message[BLOCK:], "big") ^ subkey).to_bytes(BLOCK, "big")
     return master.cbc_encrypt(bytes(BLOCK), message[:BLOCK] + last)[BLOCK:]
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 from terminal.cards import apdu
 from terminal.cards.cmac import BLOCK, AesKey, iso9797_m2_unpad, truncate_mac
@@ -74,12 +73,8 @@ def session_vectors(rnd_a: bytes, rnd_b: bytes) -> tuple[bytes, bytes]:
     SV = label(2) || 00 01 00 80 || RndA[0..1] || (RndA[2..7] XOR RndB[0..5])
          || RndB[6..15] || RndA[8..15]   (byte 0 = most significant).
     """
-    mixed = (
-        rnd_a[0:2]
-        + bytes(a ^ b for a, b in zip(rnd_a[2:8], rnd_b[0:6], strict=True))
-        + rnd_b[6:16]
-        + rnd_a[8:16]
-    )
+    xored = int.from_bytes(rnd_a[2:8], "big") ^ int.from_bytes(rnd_b[0:6], "big")
+    mixed = rnd_a[0:2] + xored.to_bytes(6, "big") + rnd_b[6:16] + rnd_a[8:16]
     tail = b"\x00\x01\x00\x80" + mixed
     return b"\xA5\x5A" + tail, b"\x5A\xA5" + tail
 
@@ -99,16 +94,15 @@ class Session:
     """
 
     ti: bytes
-    enc_key: bytes
-    mac_key: bytes
+    enc_key: bytes = field(repr=False)  # keys never in logs
+    mac_key: bytes = field(repr=False)
     cmd_ctr: int = 0
-    @cached_property
-    def _enc_aes(self) -> AesKey:
-        return AesKey(self.enc_key)  # made on first use: MAC-mode reads never need it
 
-    @cached_property
-    def _mac_aes(self) -> AesKey:
-        return AesKey(self.mac_key)
+    def __post_init__(self) -> None:
+        # Plain attributes, not cached properties: a tap reads them a few times, cold.
+        # AesKey builds its cipher contexts on first use, so a MAC-mode read never makes an ENC one.
+        self._enc_aes = AesKey(self.enc_key)
+        self._mac_aes = AesKey(self.mac_key)
 
     def _ctr(self, offset: int = 0) -> bytes:
         return ((self.cmd_ctr + offset) & 0xFFFF).to_bytes(2, "little")
