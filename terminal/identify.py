@@ -185,7 +185,6 @@ class _Watched:
     def __init__(self, channel: CardChannel, select_union: bytes) -> None:
         self._channel = channel
         self._select_union = select_union
-        self._select_ppse = _SELECT_PPSE
         self.profile = ""
         self.uid = b""
 
@@ -193,7 +192,7 @@ class _Watched:
         answer = await self._channel.transmit(apdu)
         if apdu == self._select_union and answer == _DESFIRE_OK:
             self.profile = profiles.PROFILE_UNION
-        elif apdu == self._select_ppse and answer[-2:] == _OK and not self.profile:
+        elif apdu == _SELECT_PPSE and answer[-2:] == _OK and not self.profile:
             self.profile = profiles.PROFILE_PAN
         elif apdu == profiles.GET_UID:
             self.profile = self.profile or profiles.PROFILE_UID

@@ -195,7 +195,7 @@ class Journal:
         self._worker = SerialWorker("journal")
         self._conn: sqlite3.Connection | None = None
         self._head = HeadFile(Path(f"{self.path}.head"))
-        self._head_sync_pending = False
+        self._after_answer_pending = False
         self._txids: list[str] = []  # worker thread only
         self._last_seq = 0
         self._last_hash = GENESIS
@@ -459,8 +459,8 @@ class Journal:
         records just committed for that moment longer, as it always did
         between a commit and its write; closing writes it last.
         """
-        if not self._head_sync_pending:
-            self._head_sync_pending = True
+        if not self._after_answer_pending:
+            self._after_answer_pending = True
             asyncio.get_running_loop().call_soon(self._worker.submit, self._after_answer)
 
     def _after_answer(self) -> None:
@@ -470,6 +470,7 @@ class Journal:
         taps (cold caches, a getrandom call); drawn here, the commit only
         takes one. A burst that empties the pool draws its own.
         """
+        self._after_answer_pending = False
         self._sync_head()
         while len(self._txids) < TXID_POOL:
             self._txids.append(str(uuid.uuid4()))
@@ -478,7 +479,6 @@ class Journal:
         return Head(self._last_seq, self._last_hash, self.terminal_id)
 
     def _sync_head(self) -> None:
-        self._head_sync_pending = False
         self._head.write(self._current_head())
         self._head.sync()
 
