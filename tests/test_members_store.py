@@ -311,3 +311,15 @@ def test_local_upsert_replaces_a_member_and_its_cards(store) -> None:
     assert store.lookup(b"\xee" * 32).member.member_no == record["member_no"]
     with pytest.raises(PayloadError):
         store.upsert([{**record, "status": "dead"}])
+
+
+@pytest.mark.parametrize("order", ["lower first", "higher first"])
+def test_a_card_on_two_members_always_gets_the_lowest_member_number(store, order) -> None:
+    first, second = members(2)
+    shared = {"kind": "uid", "ref": "dd" * 32}
+    low, high = sorted((first, second), key=lambda r: r["member_no"])
+    records = [{**r, "cards": [*r["cards"], shared]} for r in (low, high)]
+    for record in records if order == "lower first" else records[::-1]:  # one at a time: ids in that order
+        store.upsert([record])
+    assert store.lookup(b"\xdd" * 32).member.member_no == low["member_no"]
+    assert store.lookup(ref_of(high)).member.member_no == high["member_no"]
