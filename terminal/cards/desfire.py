@@ -15,9 +15,10 @@ cryptography does not check out raises :class:`CardNotGenuine`.
 from __future__ import annotations
 
 import hmac
+import os
 from dataclasses import dataclass, field
 
-from terminal.cards import apdu, entropy
+from terminal.cards import apdu
 from terminal.cards.cmac import BLOCK, AesKey, iso9797_m2_unpad, truncate_mac
 from terminal.exceptions import CardNotGenuine, MalformedResponse, UnexpectedStatus
 
@@ -197,7 +198,7 @@ class AuthenticateEv2First:
             raise ValueError("AuthenticateEV2First needs an AES-128 key")
         self._key: AesKey | None = AesKey(key)
         self.key_no = key_no
-        self._rnd_a = rnd_a if rnd_a is not None else entropy.challenges.take(BLOCK)
+        self._rnd_a = rnd_a if rnd_a is not None else os.urandom(BLOCK)
         if len(self._rnd_a) != BLOCK:
             raise ValueError("RndA is 16 bytes")
         self._rnd_b: bytes | None = None
