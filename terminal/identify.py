@@ -170,9 +170,6 @@ def _sam_link_service(channel: ReaderChannel) -> Service:
 # --- card reads ----------------------------------------------------------------------------
 
 
-_SELECT_PPSE = emv.select_ppse()
-
-
 class _Watched:
     """A channel that notes how far the card went, per "Choosing a profile" in docs/card-profiles.md.
 
@@ -185,6 +182,7 @@ class _Watched:
     def __init__(self, channel: CardChannel, select_union: bytes) -> None:
         self._channel = channel
         self._select_union = select_union
+        self._select_ppse = emv.select_ppse()
         self.profile = ""
         self.uid = b""
 
@@ -192,7 +190,7 @@ class _Watched:
         answer = await self._channel.transmit(apdu)
         if apdu == self._select_union and answer == _DESFIRE_OK:
             self.profile = profiles.PROFILE_UNION
-        elif apdu == _SELECT_PPSE and answer[-2:] == _OK and not self.profile:
+        elif apdu == self._select_ppse and answer[-2:] == _OK and not self.profile:
             self.profile = profiles.PROFILE_PAN
         elif apdu == profiles.GET_UID:
             self.profile = self.profile or profiles.PROFILE_UID
@@ -215,10 +213,6 @@ class CardIdentifier:
     sam: Sam | None = None
     union: UnionAppConfig = field(default_factory=UnionAppConfig)
     known_ref: KnownRef = lambda ref: False
-    _select_union: bytes = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._select_union = desfire.select_application(self.union.aid)  # once: every tap starts with it
 
     @property
     def union_allowed(self) -> bool:
@@ -235,7 +229,7 @@ class CardIdentifier:
         return self.sam is None or isinstance(self.sam, (SoftwareSam, UnavailableSam))
 
     async def __call__(self, channel: CardChannel, atr: bytes) -> CardIdentity:
-        watched = _Watched(channel, self._select_union)
+        watched = _Watched(channel, desfire.select_application(self.union.aid))
         try:
             identity = await profiles.identify(watched, atr, self.allowed, card_key=self.card_key,
                                                sam=self.sam, union=self.union)

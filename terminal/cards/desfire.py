@@ -14,6 +14,7 @@ cryptography does not check out raises :class:`CardNotGenuine`.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 from dataclasses import dataclass, field
@@ -48,8 +49,13 @@ def native(ins: int, data: bytes = b"") -> bytes:
     return apdu.command(CLA, ins, 0x00, 0x00, data, le=0)
 
 
+@functools.lru_cache(maxsize=8)
 def select_application(aid: bytes) -> bytes:
-    """SelectApplication; ``aid`` is the 3 bytes exactly as sent on the wire."""
+    """SelectApplication; ``aid`` is the 3 bytes exactly as sent on the wire.
+
+    Built once per AID: every union-card tap starts with it, and the card layer
+    asks for it twice (to send it, and to recognise it when judging a refusal).
+    """
     if len(aid) != 3:
         raise ValueError("a DESFire AID is 3 bytes")
     return native(INS_SELECT_APPLICATION, aid)

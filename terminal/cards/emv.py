@@ -107,8 +107,12 @@ def select_by_name(name: bytes) -> bytes:
     return apdu.command(0x00, 0xA4, 0x04, 0x00, name, le=0)
 
 
+_SELECT_PPSE = select_by_name(PPSE)
+
+
 def select_ppse() -> bytes:
-    return select_by_name(PPSE)
+    """SELECT of the contactless directory; built once, as every card that is not a union card gets it."""
+    return _SELECT_PPSE
 
 
 def _template(raw: bytes, what: str, tag: int) -> tuple[tlv.Tlv, ...]:
