@@ -20,10 +20,14 @@ Terminal taps and floor taps alternate one by one, so a noisy spell of the
 machine weighs on both alike: the terminal watches slot 0 of the virtual
 reader, the floor has slot 1 of the same reader (same pcscd, same vpcd
 driver) to itself, and the terminal keeps running, as in service, while the
-floor taps. The taps start once the terminal is connected to the broker and
-its start-up traffic is over, as a member's tap never lands in a terminal's
-boot. The 1.1M-member list takes minutes to generate; it is built once into
-a cache file (keyed by count, seed and card key) and copied for each run.
+floor taps. Each side places its card :data:`PLACE_AFTER_S` after the card
+before it was seen gone, so that both sides' cards have lain on the reader
+about as long when PC/SC reports them (``auth_detect_age_*`` and
+``auth_floor_detect_age_*`` show it). The taps start once the terminal is
+connected to the broker and its start-up traffic is over, as a member's tap
+never lands in a terminal's boot. The 1.1M-member list takes minutes to
+generate; it is built once into a cache file (keyed by count, seed and card
+key) and copied for each run.
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ SEED = 20_251_130
 #: Fixed, so that the cached member list (whose card refs depend on it) stays valid.
 CARD_KEY = hashlib.sha256(b"unionterm auth bench card key").digest()
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unionterm"
+#: pcscd asks each vpcd slot whether a card is there every 0.4 s, both slots within a few
+#: milliseconds. Placed at once, the terminal's card (placed as the floor's was seen gone, at a
+#: slot-1 poll) was reported at the slot-0 poll a few milliseconds later, while its fresh
+#: connection was still settling, and the floor's card (placed as the terminal's was seen gone)
+#: about 0.39 s after it was placed. Measured over 100 taps a side (p50 / p90): reported 6 / 15 ms
+#: against 387 / 394 ms after placing, and the first command took 0.66 / 1.28 ms to reach the
+#: terminal's card against 0.11 / 0.20 ms for the floor's; with the terminal's card placed 20 ms
+#: later, 0.16 / 0.23 ms against 0.12 / 0.19 ms. Half a poll after the last card was seen gone,
+#: both sides' cards lie about 0.2 s before they are reported.
+PLACE_AFTER_S = 0.2
 
 
 class Recording:
@@ -148,9 +162,9 @@ class Floor:
             if hr == scard.SCARD_S_SUCCESS:
                 self.state = result[0][1] & ~scard.SCARD_STATE_CHANGED
 
-    def tap(self, card: Recording, tap: Recording, row_bytes: int) -> tuple[float, float]:
+    def tap(self, card: Recording, tap: Recording, row_bytes: int) -> tuple[float, float, float]:
         """Replay ``tap`` to ``card``: ms from PC/SC reporting the card to its last answer,
-        and to the row being durable."""
+        and to the row being durable; and how long the card had been placed when it was reported."""
         card.replay(tap.drawn)
         vcard = VirtualCard(card, self.pcscd.card_port(0, self.slot))
         vcard.place()
@@ -173,7 +187,7 @@ class Floor:
         finally:
             vcard.remove()
         self._wait(False)
-        return (card_done - t0) * 1000, (done - t0) * 1000
+        return (card_done - t0) * 1000, (done - t0) * 1000, (t0 - (vcard.placed_at or t0)) * 1000
 
 
 async def settled(rig: Rig, after_s: float = 1.0) -> None:
@@ -192,7 +206,8 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
     terminal_ms: list[float] = []
     read_ms: list[float] = []
     journal_ms: list[float] = []
-    floor: list[tuple[float, float]] = []
+    age_ms: list[float] = []
+    floor: list[tuple[float, float, float]] = []
     floor_thread = SerialWorker("floor")  # one thread: the floor's SQLite connection is bound to it
     try:
         with Pcscd(workdir=work / "pcscd") as pcscd:
@@ -207,13 +222,16 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
                 try:
                     while len(terminal_ms) < taps:
                         card.clear()
+                        await asyncio.sleep(PLACE_AFTER_S)
                         outcome = await rig.tap(card)
                         assert outcome.decision.approved and outcome.record is not None, outcome.decision
                         timings = outcome.timings_ms
                         terminal_ms.append(timings["commit"])
                         read_ms.append(timings["read"])
                         journal_ms.append(timings["commit"] - timings["decide"])
+                        age_ms.append((outcome.tap.detected_at - rig.placed_at) * 1000)
                         row_bytes = len(outcome.record.body.encode())
+                        await asyncio.sleep(PLACE_AFTER_S)
                         floor.append(await floor_thread.run(bare.tap, floor_card, card, row_bytes))
                         if len(terminal_ms) % 50 == 0:
                             print(f"  auth: {len(terminal_ms)}/{taps} taps each", flush=True)
@@ -222,7 +240,7 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
     finally:
         floor_thread.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    floor_ms, floor_card_ms = [total for _, total in floor], [card_part for card_part, _ in floor]
+    floor_ms, floor_card_ms = [total for _, total, _ in floor], [card_part for card_part, _, _ in floor]
     figures = {"auth_apdus_per_tap": float(len(card.apdus)), "auth_members_listed": float(listed),
                "auth_samples": float(len(terminal_ms))}
     # Where the time goes: the card exchange (PC/SC report to the last answer; the terminal's
@@ -232,6 +250,9 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
                          ("auth_journal_commit", journal_ms)):
         for p in (50, 90, 99):
             figures[f"{name}_p{p}_ms"] = round(percentile(values, p), 3)
+    for name, values in (("auth_detect_age", age_ms), ("auth_floor_detect_age", [age for *_, age in floor])):
+        figures[f"{name}_min_ms"] = round(min(values), 3)
+        figures[f"{name}_p50_ms"] = round(percentile(values, 50), 3)
     for p in (50, 99):
         figures[f"auth_ratio_p{p}"] = round(figures[f"auth_tap_to_decision_p{p}_ms"] / figures[f"auth_floor_p{p}_ms"], 3)
     return figures

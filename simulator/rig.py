@@ -131,6 +131,8 @@ class Rig:
         self.scanner: PtyScanner | None = None
         self.issuer = EcardIssuer()
         self.outcomes: list[Outcome] = []
+        #: When the card of the last :meth:`tap` was placed (``perf_counter``, as ``Tap.detected_at``).
+        self.placed_at = 0.0
         self._stack = contextlib.ExitStack()
         self.terminal: Terminal
         self.config: Config
@@ -262,6 +264,7 @@ class Rig:
         fut = self._next_outcome()
         card = self.card(behaviour)
         await asyncio.to_thread(card.place)
+        self.placed_at = card.placed_at or 0.0
         try:
             outcome = await asyncio.wait_for(fut, timeout)
         finally:
