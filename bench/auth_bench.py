@@ -48,7 +48,7 @@ from simulator.cards.desfire import UnionCard
 from simulator.rig import Rig
 from simulator.services import Pcscd
 from simulator.vcard import VirtualCard
-from terminal import journal
+from terminal import eventloop, journal
 from terminal.bridge import SerialWorker
 from terminal.members import MemberStore
 
@@ -260,4 +260,4 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
 
 def run(taps: int = 300) -> dict[str, float]:
     """Entry point for ``python -m bench``: the figures above, as one flat dict."""
-    return asyncio.run(run_async(taps))
+    return eventloop.run(run_async(taps))

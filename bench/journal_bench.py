@@ -35,6 +35,7 @@ from typing import Any
 
 from simulator.backoffice.txconsume import TxStore
 from simulator.services import Mosquitto
+from terminal import eventloop
 from terminal.config import Config, parse
 from terminal.journal import Journal, TxEntry
 from terminal.uplink import Uplink
@@ -153,7 +154,7 @@ async def _run(backlog: int, appends: int, workdir: Path) -> dict[str, Any]:
 def run(backlog: int = 100_000, appends: int = 2_000) -> dict[str, Any]:
     """Measure; ``backlog`` records are drained, ``appends`` single appends are timed."""
     with tempfile.TemporaryDirectory(prefix="unionterm-journal-bench-") as tmp:
-        return asyncio.run(_run(backlog, appends, Path(tmp)))
+        return eventloop.run(_run(backlog, appends, Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from simulator.backoffice.office import terminal_sync_section
 from simulator.backoffice.publish import ListDiff, build_delta, build_snapshot
 from simulator.rig import sim_config_text
 from simulator.services import Mosquitto
+from terminal import eventloop
 from terminal.members import MemberStore
 from terminal.signing import write_public_key
 from terminal.sync.records import ListDigest
@@ -223,7 +224,7 @@ def lookup_latencies(state: Path, card_key: bytes, count: int, n: int = 20_000) 
 def run(count: int = 1_100_000, delta_ops: int = 10_000) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="unionterm-bench-members-"))
     try:
-        return asyncio.run(measure(work, count, delta_ops))
+        return eventloop.run(measure(work, count, delta_ops))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -21,6 +21,7 @@ from simulator.cards.uid import UidCard
 from simulator.rig import Rig
 from simulator.services import Pcscd
 from simulator.vcard import VirtualCard
+from terminal import eventloop
 
 from .stats import percentile
 
@@ -94,4 +95,4 @@ async def run_async(taps: int = 1000, block: int = 100) -> dict[str, float]:
 
 
 def run(taps: int = 1000) -> dict[str, float]:
-    return asyncio.run(run_async(taps))
+    return eventloop.run(run_async(taps))

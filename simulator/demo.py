@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from terminal import eventloop
 from terminal.app import Outcome
 from terminal.cardref import card_ref
 from terminal.modes.pos import PendingSale, PendingVoid
@@ -340,4 +341,4 @@ async def run_demo(out: Path, mode: str = "all") -> int:
 
 
 def main(out: str, mode: str) -> int:
-    return asyncio.run(run_demo(Path(out), mode))
+    return eventloop.run(run_demo(Path(out), mode))

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, logs
+from . import __version__, eventloop, logs
 from .config import DEFAULT_PATH, Config, load
 from .exceptions import ConfigError, UniontermError
 from .sdnotify import Notifier, watchdog_task
@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     logs.setup(cfg.terminal.log_level)
     try:
-        asyncio.run(_run_terminal(cfg))
+        eventloop.run(_run_terminal(cfg))
     except UniontermError as exc:
         log.error("event=fatal error=%r", str(exc))
         return EX_SOFTWARE
@@ -151,7 +151,7 @@ def _doctor(args: argparse.Namespace) -> int:
         report = config_failure(args.config, str(exc))
         print(report.json() if args.json else report.text())
         return EX_CONFIG
-    report = asyncio.run(run_doctor(cfg, pcsc_readers, broker_timeout=args.timeout))
+    report = eventloop.run(run_doctor(cfg, pcsc_readers, broker_timeout=args.timeout))
     print(report.json() if args.json else report.text())
     return EX_OK if report.ok else EX_FAILED
 
@@ -209,7 +209,7 @@ def _provision(args: argparse.Namespace) -> int:
         print(f"  note: {warning}")
     if not args.check:
         return EX_OK
-    check = asyncio.run(check_broker(cfg))
+    check = eventloop.run(check_broker(cfg))
     print(f"  broker: {check.level.value.upper()} {check.summary}" + (f" -> {check.hint}" if check.hint else ""))
     return EX_FAILED if check.level is Level.FAIL else EX_OK
 

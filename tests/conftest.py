@@ -8,19 +8,26 @@ missing pcscd or mosquitto is an error that says what to install.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
 from simulator.rig import Rig
 from simulator.services import Mosquitto, Pcscd
-from terminal import logs
+from terminal import eventloop, logs
 
 
 def pytest_configure(config: pytest.Config) -> None:
     logs.setup("debug" if config.getoption("verbose") > 1 else "info")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
+                                  ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on the loop the terminal ships with."""
+    return {"uvloop": eventloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

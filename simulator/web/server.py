@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from terminal import eventloop
 from terminal.exceptions import UniontermError
 
 from ..services import Mosquitto
@@ -220,4 +221,4 @@ async def run_ui(port: int, mode: str, workdir: Path | None = None) -> int:
 
 
 def main(port: int, mode: str, workdir: str | None = None) -> int:
-    return asyncio.run(run_ui(port, mode, Path(workdir) if workdir else None))
+    return eventloop.run(run_ui(port, mode, Path(workdir) if workdir else None))
