@@ -31,6 +31,12 @@ def _auth(args: argparse.Namespace) -> dict[str, float]:
     return run(args.auth_taps)
 
 
+def _identify(args: argparse.Namespace) -> dict[str, float]:
+    from .identify_cold import run
+
+    return run()
+
+
 def _members(args: argparse.Namespace) -> dict[str, float]:
     from .members_bench import run
 
@@ -46,6 +52,7 @@ def _journal(args: argparse.Namespace) -> dict[str, float]:
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, float]]] = {
     "tap": _tap,
     "auth": _auth,
+    "identify": _identify,
     "members": _members,
     "journal": _journal,
 }
