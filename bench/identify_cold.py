@@ -14,19 +14,18 @@ bytecode and the same OpenSSL calls.
 
 from __future__ import annotations
 
+import os
 import time
 
 from drivers.pcsc import _drive  # how the monitor thread runs the arrival work: no loop
-from simulator.people import cast
+from simulator.cards.desfire import UnionCard
+from simulator.people import Person, cast
 from terminal.cards.sam import SoftwareSam
+from terminal.cards.unionapp import READ_KEY_SLOT, UID_KEY_SLOT
 from terminal.identify import CardIdentifier
 
 from .auth_bench import PLACE_AFTER_S
 from .stats import percentile
-
-READ_MASTER = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
-UID_MASTER = bytes.fromhex("FFEEDDCCBBAA99887766554433221100")
-CARD_KEY = bytes(range(32))
 
 
 class TimedCard:
@@ -34,22 +33,20 @@ class TimedCard:
 
     reader = "in-memory"
 
-    def __init__(self, card: object) -> None:
+    def __init__(self, card: UnionCard) -> None:
         self.card = card
         self.card_s = 0.0
 
     async def transmit(self, apdu: bytes) -> bytes:
         started = time.perf_counter()
-        answer = self.card.respond(apdu)  # type: ignore[attr-defined]
+        answer = self.card.respond(apdu)
         self.card_s += time.perf_counter() - started
         return answer
 
 
-def own_ms(reads: int, idle_s: float) -> list[float]:
+def own_ms(person: Person, card: UnionCard, identify: CardIdentifier, reads: int, idle_s: float
+           ) -> list[float]:
     """Milliseconds of terminal work per union-card read, card excluded, ``idle_s`` apart."""
-    person = cast(1)[0]
-    card = person.union_card(READ_MASTER, UID_MASTER)
-    identify = CardIdentifier(("union",), CARD_KEY, SoftwareSam({1: READ_MASTER, 2: UID_MASTER}))
     samples = []
     for _ in range(reads):
         if idle_s:
@@ -65,10 +62,20 @@ def own_ms(reads: int, idle_s: float) -> list[float]:
 
 
 def run(reads: int = 100) -> dict[str, float]:
-    """Entry point for ``python -m bench``: ``reads`` cold reads, three times as many warm ones."""
-    own_ms(20, 0)  # imports, first contexts: a terminal has made them before its first tap
+    """Entry point for ``python -m bench``: ``reads`` cold reads, three times as many warm ones.
+
+    One card and one identifier throughout, as a terminal keeps its SAM's
+    key contexts from tap to tap; the first reads, not counted, make them.
+    """
+    read_master, uid_master = os.urandom(16), os.urandom(16)
+    person = cast(1)[0]
+    card = person.union_card(read_master, uid_master)
+    sam = SoftwareSam({READ_KEY_SLOT: read_master, UID_KEY_SLOT: uid_master})
+    identify = CardIdentifier(("union",), os.urandom(32), sam)
+    own_ms(person, card, identify, 20, 0)
     figures: dict[str, float] = {}
-    for name, samples in (("warm", own_ms(3 * reads, 0)), ("cold", own_ms(reads, PLACE_AFTER_S))):
+    for name, idle_s, count in (("warm", 0.0, 3 * reads), ("cold", PLACE_AFTER_S, reads)):
+        samples = own_ms(person, card, identify, count, idle_s)
         for p in (50, 90):
             figures[f"identify_own_{name}_p{p}_ms"] = round(percentile(samples, p), 3)
     return figures
