@@ -52,7 +52,7 @@ from terminal import eventloop, journal
 from terminal.bridge import SerialWorker
 from terminal.members import MemberStore
 
-from .stats import percentile
+from .stats import percentiles_ms
 
 MEMBERS = 1_100_000
 SEED = 20_251_130
@@ -248,11 +248,10 @@ async def run_async(taps: int = 300, members: int = MEMBERS) -> dict[str, float]
     for name, values in (("auth_tap_to_decision", terminal_ms), ("auth_floor", floor_ms),
                          ("auth_card_read", read_ms), ("auth_floor_card", floor_card_ms),
                          ("auth_journal_commit", journal_ms)):
-        for p in (50, 90, 99):
-            figures[f"{name}_p{p}_ms"] = round(percentile(values, p), 3)
+        figures.update(percentiles_ms(name, values))
     for name, values in (("auth_detect_age", age_ms), ("auth_floor_detect_age", [age for *_, age in floor])):
         figures[f"{name}_min_ms"] = round(min(values), 3)
-        figures[f"{name}_p50_ms"] = round(percentile(values, 50), 3)
+        figures.update(percentiles_ms(name, values, (50,)))
     for p in (50, 99):
         figures[f"auth_ratio_p{p}"] = round(figures[f"auth_tap_to_decision_p{p}_ms"] / figures[f"auth_floor_p{p}_ms"], 3)
     return figures

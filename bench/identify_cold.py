@@ -25,7 +25,7 @@ from terminal.cards.unionapp import READ_KEY_SLOT, UID_KEY_SLOT
 from terminal.identify import CardIdentifier
 
 from .auth_bench import PLACE_AFTER_S
-from .stats import percentile
+from .stats import percentiles_ms
 
 
 class TimedCard:
@@ -76,6 +76,5 @@ def run(reads: int = 100) -> dict[str, float]:
     figures: dict[str, float] = {}
     for name, idle_s, count in (("warm", 0.0, 3 * reads), ("cold", PLACE_AFTER_S, reads)):
         samples = own_ms(person, card, identify, count, idle_s)
-        for p in (50, 90):
-            figures[f"identify_own_{name}_p{p}_ms"] = round(percentile(samples, p), 3)
+        figures.update(percentiles_ms(f"identify_own_{name}", samples, (50, 90)))
     return figures
