@@ -52,7 +52,7 @@ from terminal.signing import write_public_key
 from terminal.sync.records import ListDigest
 from terminal.sync.topics import chunk_topic, delta_topic, manifest_topic, report_topic
 
-from .stats import percentile
+from .stats import percentiles_ms
 
 TERMINAL = "BENCH-MEMBERS"
 SEED = 11
@@ -188,7 +188,7 @@ async def measure(work: Path, count: int, delta_ops: int) -> dict[str, float]:
     return {
         "snapshot_1m1_apply_s": round(snapshot_s, 1),
         "snapshot_apply_peak_rss_mb": round(rss, 1),
-        "lookup_p99_ms": round(percentile(lookup_ms, 99), 3),
+        **percentiles_ms("lookup", lookup_ms, (99,)),
         "delta_10k_apply_s": round(delta_s, 2),
         "member_db_mb": round(db_bytes / 1e6, 1),
     }

@@ -23,7 +23,7 @@ from simulator.services import Pcscd
 from simulator.vcard import VirtualCard
 from terminal import eventloop
 
-from .stats import percentile
+from .stats import percentiles_ms
 
 GET_UID = [0xFF, 0xCA, 0x00, 0x00, 0x00]
 
@@ -85,11 +85,9 @@ async def run_async(taps: int = 1000, block: int = 100) -> dict[str, float]:
                 await rig.start_terminal()
                 print(f"  tap latency: {len(terminal_ms)}/{taps} taps", flush=True)
     return {
-        "tap_to_decision_p50_ms": round(percentile(terminal_ms, 50), 3),
-        "tap_to_decision_p99_ms": round(percentile(terminal_ms, 99), 3),
-        "tap_to_journaled_p99_ms": round(percentile(commit_ms, 99), 3),
-        "tap_floor_p50_ms": round(percentile(floor_ms, 50), 3),
-        "tap_floor_p99_ms": round(percentile(floor_ms, 99), 3),
+        **percentiles_ms("tap_to_decision", terminal_ms, (50, 99)),
+        **percentiles_ms("tap_to_journaled", commit_ms, (99,)),
+        **percentiles_ms("tap_floor", floor_ms, (50, 99)),
         "tap_samples": float(len(terminal_ms)),
     }
 
