@@ -56,12 +56,26 @@ class Observer:
                 self.messages.append(Seen(str(m.topic), payload, bool(m.retain)))
                 self._arrived.notify_all()
 
-    def on(self, suffix: str) -> list[Seen]:
-        return [m for m in self.messages if m.topic.endswith(suffix)]
+    def on(self, suffix: str, distinct: bool = False) -> list[Seen]:
+        """Messages whose topic ends with ``suffix``; with ``distinct``, a repeat of one already
+        seen (same topic, same bytes) is left out.
 
-    async def wait_for(self, suffix: str, count: int = 1, timeout: float = 10.0) -> list[Seen]:
+        QoS 1 is at least once: a persistent session gets a message again when the broker
+        restarts before it has recorded the acknowledgement, so a count of what the terminal
+        sent counts distinct messages, as a back office de-duplicates them.
+        """
+        seen = [m for m in self.messages if m.topic.endswith(suffix)]
+        if not distinct:
+            return seen
+        first: dict[tuple[str, bytes], Seen] = {}
+        for m in seen:
+            first.setdefault((m.topic, m.payload), m)
+        return list(first.values())
+
+    async def wait_for(self, suffix: str, count: int = 1, timeout: float = 10.0,
+                       distinct: bool = False) -> list[Seen]:
         """Wait until ``count`` messages whose topic ends with ``suffix`` have arrived."""
         async with self._arrived:
             await asyncio.wait_for(
-                self._arrived.wait_for(lambda: len(self.on(suffix)) >= count), timeout)
-        return self.on(suffix)
+                self._arrived.wait_for(lambda: len(self.on(suffix, distinct)) >= count), timeout)
+        return self.on(suffix, distinct)

@@ -51,8 +51,8 @@ async def send(broker: Mosquitto, blob: bytes, retain: bool = False) -> None:
 
 
 async def result(seen: Observer, n: int) -> dict:
-    """The ``n``-th command result (1-based), decoded with the back office's decoder."""
-    msgs = await seen.wait_for("/cmd/result", n)
+    """The ``n``-th distinct command result (1-based), decoded with the back office's decoder."""
+    msgs = await seen.wait_for("/cmd/result", n, distinct=True)
     return decode_result(msgs[n - 1].payload).__dict__
 
 
