@@ -194,7 +194,9 @@ class PcscReader:
         readers' events wait (a terminal has one tap reader; an exchange
         takes milliseconds, and a card that falls silent fails at the
         reader's timeout). ``work`` must wait on nothing but its channel
-        (the app's ``Identify.inline``); None turns this off.
+        (the app's ``Identify.inline``); the app's work goes on to decide and
+        journal the tap in this thread when the loop lets it (its
+        ``StateGuard``). None turns this off.
         """
         self._on_arrival = work
 

@@ -4,6 +4,10 @@ Reading a card and deciding about it are two stages. Each reader's card is
 read the moment it arrives (the member will not hold it there for long);
 the identity then joins one decision queue served in order, so a tap that
 arrives while another is being decided waits its turn and is never lost.
+When nothing is queued and the loop is idle, the reader's own thread decides
+and journals the tap before the loop hears of it (:meth:`Terminal._serve_here`,
+under the loop's :class:`~terminal.eventloop.StateGuard`), and the queue then
+only concludes it: a tap then crosses no thread before its record is durable.
 
 Every resource is an async context on one :class:`~contextlib.AsyncExitStack`
 and every activity a task in one :class:`asyncio.TaskGroup`; a stop request
@@ -21,16 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from . import eventloop
 from .bridge import LoopBridge
 from .commands import CommandProcessor
 from .config import Config
 from .config import load as load_config
+from .eventloop import StateGuard, guard_of
 from .exceptions import CardError, CardRefused, CardRemoved, StorageError, UniontermError
 from .fifotaps import fifo_taps
 from .hardware import (CardChannel, CardGone, CardPresent, CardRead, Hardware, InputEvent,
                        InputKind, Inputs, ReaderState)
 from .identify import build as build_card_layer
 from .journal import Journal, Record, TxEntry
+from .eventloop import StateGuard
 from .members import Lookup, MemberStore
 from .membersync import MemberSync
 from .model import CardIdentity, Decision
@@ -47,6 +54,10 @@ from .uplink import Uplink
 
 log = logging.getLogger("unionterm.app")
 
+#: How long a reader thread waits for the loop to be between callbacks before it leaves the
+#: tap to the loop; a loop callback takes microseconds to a few milliseconds.
+GUARD_WAIT_S = 0.1
+
 Identify = Callable[[CardChannel, bytes], Awaitable[CardIdentity]]
 
 
@@ -60,6 +71,8 @@ class Tap:
     error: CardError | None = None
     read_at: float = 0.0
     card: CardRead | None = None
+    #: Set when the reader's thread decided and journaled the tap (:meth:`Terminal._serve_here`).
+    here: "Served | None" = None
 
     def served(self) -> None:
         """Through with this tap: a reader that kept the card may let it go."""
@@ -71,6 +84,18 @@ class Tap:
         self.error = error
         if isinstance(error, CardRefused):
             self.identity = error.attempt
+
+
+@dataclass
+class Served:
+    """A tap decided and journaled on the thread that read its card, for the loop to conclude."""
+
+    ruling: Ruling
+    lookup: Lookup | None
+    record: Record | None
+    decided_at: float
+    committed_at: float
+    unrecorded: StorageError | None = None
 
 
 @dataclass
@@ -114,6 +139,7 @@ class Terminal:
         self.cards = build_card_layer(cfg, self.card_key, hardware.reader, known_ref=lambda ref: (
             self.members is not None and self.members.lookup(ref).member is not None))
         self._reader_armed = False
+        self._guard: StateGuard | None = None  # the running loop's, when it has one (terminal.eventloop)
         self._identify: Identify = identify or self.cards.identify
         self.lang = cfg.terminal.language
         self.members: MemberStore | None = None
@@ -166,14 +192,15 @@ class Terminal:
     def _arm_reader(self) -> None:
         """Let the reader's own thread read each card as it arrives, when the Identify allows it.
 
-        That takes the thread hand-offs out of a tap. An Identify that waits
-        on the loop (a PC/SC SAM in another slot) is run from the loop instead,
-        and so is every card once the terminal stops.
+        That takes the thread hand-offs out of a tap: the same thread then
+        decides and journals it when the loop lets it (:meth:`_serve_here`).
+        An Identify that waits on the loop (a PC/SC SAM in another slot) is
+        run from the loop instead, and so is every card once the terminal stops.
         """
         read_on_arrival = getattr(self.hw.reader, "read_on_arrival", None)
         if read_on_arrival is not None:
             inline = self._reader_armed and getattr(self._identify, "inline", False)
-            read_on_arrival(self._identify if inline else None)
+            read_on_arrival(self._read_and_serve if inline else None)
 
     def _disarm_reader(self) -> None:
         self._reader_armed = False
@@ -208,6 +235,7 @@ class Terminal:
             log.info("event=terminal_started id=%s mode=%s members=%d",
                      self.cfg.terminal.id, self.cfg.terminal.mode, self.members.count())
             self.started.set()
+            self._guard = guard_of(asyncio.get_running_loop())
             self._reader_armed = True
             self._arm_reader()
             stack.callback(self._disarm_reader)
@@ -241,6 +269,10 @@ class Terminal:
         async for event in self.hw.reader.events():
             if isinstance(event, CardPresent):
                 self.cards_present[event.reader] = True
+                served = event.read.value if event.read is not None else None
+                if isinstance(served, Tap) and served.here is not None:  # decided and journaled already
+                    self._taps.put_nowait(self._arrived_tap(event, served))  # _busy was counted then
+                    continue
                 if self._stopping.is_set():
                     log.info("event=tap_ignored reason=stopping reader=%r", event.reader)
                     if event.read is not None:
@@ -265,10 +297,11 @@ class Terminal:
         tap = Tap(event.reader, event.detected_at, card=event.read)
         try:
             if event.read is not None:
-                tap.identity = cast(CardIdentity, event.read.result())
+                tap = self._arrived_tap(event, cast(Tap, event.read.result()))
             else:
                 async with self.hw.reader.connect(event.reader) as channel:
                     tap.identity = await self.identify(channel, event.atr)
+                tap.read_at = time.perf_counter()
         except CardRemoved as exc:
             log.info("event=card_removed_early reader=%r detail=%r", event.reader, str(exc))
             self._busy -= 1
@@ -276,8 +309,69 @@ class Terminal:
             return
         except CardError as exc:
             tap.fail(exc)
-        tap.read_at = time.perf_counter()
+            tap.read_at = time.perf_counter()
         self._taps.put_nowait(tap)  # _busy is released by the decision stage
+
+    @staticmethod
+    def _arrived_tap(event: CardPresent, tap: Tap) -> Tap:
+        """The tap a reader's arrival work made, with what only the event knows."""
+        tap.reader, tap.detected_at, tap.card = event.reader, event.detected_at, event.read
+        return tap
+
+    async def _read_and_serve(self, channel: CardChannel, atr: bytes) -> Tap:
+        """The reader thread's arrival work: read the card, then serve the tap there if the loop lets it.
+
+        A card taken away mid-read raises :class:`CardRemoved` (no tap);
+        another card error is a refusal, decided like any tap.
+        """
+        tap = Tap("", 0.0)
+        try:
+            tap.identity = await self._identify(channel, atr)
+        except CardRemoved:
+            raise
+        except CardError as exc:
+            tap.fail(exc)
+        tap.read_at = time.perf_counter()
+        self._serve_here(tap)
+        return tap
+
+    def _serve_here(self, tap: Tap) -> None:
+        """Reader thread: decide and journal ``tap`` now, exactly as the decision stage would.
+
+        Under the loop's :class:`StateGuard` the loop sits between two
+        callbacks, so the terminal's state is this thread's alone for the
+        moment. The tap is left to the loop (``tap.here`` stays None) when
+        the loop is not guarded or stays busy, when a tap is already queued
+        or being served (taps are decided in order, and a decision's effects
+        on the mode land in ``act``, on the loop), when stopping, and when
+        the tap needs the loop: a PIN to ask for or a technician's card.
+        The record is committed before the loop hears of the tap, so before
+        anything is granted or shown.
+        """
+        guard = self._guard
+        if guard is None or self.journal is None or not guard.acquire(GUARD_WAIT_S):
+            return
+        try:
+            if self._busy or self._stopping.is_set() or self.service_session is not None:
+                return
+            if not self.mode.may_journal_here():
+                return
+            moment = self.mode.time.now()
+            ruling, lookup = self.decide(tap, moment)
+            if lookup is not None and is_service_card(lookup.member, lookup.hot, moment.now):
+                return
+            if self.mode.asks(ruling):
+                return
+            decided_at = time.perf_counter()
+            record, unrecorded = None, None
+            try:
+                record = self.mode.journal_here(self._entry(tap, ruling, lookup), ruling)
+            except StorageError as exc:
+                unrecorded = exc
+            tap.here = Served(ruling, lookup, record, decided_at, time.perf_counter(), unrecorded)
+            self._busy += 1  # released by the decision stage, which concludes the tap on the loop
+        finally:
+            guard.release()
 
     def submit_identity(self, reader: str, result: CardIdentity | CardError, detected_at: float) -> bool:
         """Queue a tap identified outside the card readers (the QR scanner); False once stopping."""
@@ -323,6 +417,16 @@ class Terminal:
 
     async def _serve(self, tap: Tap) -> None:
         assert self.journal is not None
+        here = tap.here
+        if here is not None:  # decided and journaled on its reader's thread (_serve_here)
+            self.journal.after_append(here.record is not None)
+            if here.record is None:
+                assert here.unrecorded is not None
+                self._unrecorded(tap, here.ruling, here.lookup, here.decided_at, here.unrecorded)
+            else:
+                await self._conclude(tap, here.ruling, here.lookup, here.record, here.decided_at,
+                                     here.committed_at)
+            return
         moment = self.mode.time.now()
         ruling, lookup = self.decide(tap, moment)
         decided_at = time.perf_counter()
@@ -333,10 +437,20 @@ class Terminal:
         if typed is not None:
             ruling, lookup = self.decide(tap, self.mode.time.now(), typed)
             decided_at = time.perf_counter()
+        try:
+            # committed before anything is granted or shown
+            record = await self.mode.journal(self._entry(tap, ruling, lookup), ruling)
+        except StorageError as exc:  # [journal/uplink] nothing granted without its record; keep serving
+            self._unrecorded(tap, ruling, lookup, decided_at, exc)
+            return
+        await self._conclude(tap, ruling, lookup, record, decided_at, time.perf_counter())
+
+    def _entry(self, tap: Tap, ruling: Ruling, lookup: Lookup | None) -> TxEntry:
+        """The journal entry of a decided tap."""
         decision = ruling.decision
         member = lookup.member if lookup else None
         identity = tap.identity
-        entry = TxEntry(
+        return TxEntry(
             mode=self.cfg.terminal.mode,
             kind=ruling.kind,  # [modes] a tap, a sale void, a door-state change; the rule's detail and counters
             decision=decision.verdict.value,
@@ -351,13 +465,12 @@ class Terminal:
             grants_value=decision.grants_value,
             detail=ruling.journal_detail(),
         )
-        try:
-            record = await self.mode.journal(entry, ruling)  # committed before anything is granted or shown
-        except StorageError as exc:  # [journal/uplink] nothing granted without its record; keep serving
-            refused = self._unrecorded(tap, decision, lookup, decided_at, exc)
-            self.mode.unrecorded(ruling, refused)  # [modes] answer a waiting cash register
-            return
-        committed_at = time.perf_counter()
+
+    async def _conclude(self, tap: Tap, ruling: Ruling, lookup: Lookup | None, record: Record,
+                        decided_at: float, committed_at: float) -> None:
+        """A journaled tap: what it means (door, cash register), lights, screen, listeners."""
+        decision = ruling.decision
+        member = lookup.member if lookup else None
         await self.mode.act(ruling, record)  # [modes] the door opens, the cash register gets its reply
         signal(self.hw.outputs, APPROVE if decision.approved else DENY)
         self.show(self.mode.screen(ruling, member), hold_s=3.0)
@@ -366,9 +479,10 @@ class Terminal:
             "decide": (decided_at - tap.detected_at) * 1000,
             "commit": (committed_at - tap.detected_at) * 1000,
         })
-        log.info("event=tap seq=%d reader=%r card=%s member=%s decision=%s reason=%s ms=%.2f",
-                 record.seq, tap.reader, entry.card_ref[:12], entry.member_no or "-",
-                 entry.decision, entry.reason, outcome.timings_ms["decide"])
+        log.info("event=tap seq=%d reader=%r card=%s member=%s decision=%s reason=%s ms=%.2f here=%s",
+                 record.seq, tap.reader, tap.identity.card_ref.hex()[:12] if tap.identity else "",
+                 member.member_no if member else "-", decision.verdict.value, decision.reason,
+                 outcome.timings_ms["decide"], "reader" if tap.here is not None else "loop")
         for listener in self.listeners:
             listener(outcome)
 
@@ -423,9 +537,11 @@ class Terminal:
         """[modes] Can the member type a PIN here (a configured or attached keypad)?"""
         return self.cfg.keypad.driver != "none" or bool(self._extra_inputs)
 
-    def _unrecorded(self, tap: Tap, decision: Decision, lookup: Lookup | None, decided_at: float,
-                    exc: StorageError) -> Decision:
-        """The journal refused the record: deny (a denial keeps its reason), say why, tell listeners."""
+    def _unrecorded(self, tap: Tap, ruling: Ruling, lookup: Lookup | None, decided_at: float,
+                    exc: StorageError) -> None:
+        """The journal refused the record: deny (a denial keeps its reason), say why, tell listeners
+        and the mode (a waiting cash register is answered)."""
+        decision = ruling.decision
         state = self.journal.state if self.journal else StorageState.FAILED
         refused = Decision.deny(state.value) if decision.approved else decision
         log.error("event=tap_unrecorded reader=%r decision=%s reason=%s storage=%s error=%r",
@@ -436,10 +552,10 @@ class Terminal:
             self.show(Screen(text(self.lang, "denied"), (line,), alert=True), hold_s=3.0)
         else:
             self.show(decision_screen(self.lang, decision, lookup.member if lookup else None), hold_s=3.0)
+        self.mode.unrecorded(ruling, refused)  # [modes] answer a waiting cash register
         outcome = Outcome(tap, refused, lookup, None, decided_at, time.perf_counter())
         for listener in self.listeners:
             listener(outcome)
-        return refused
 
     def submit(self, tap: Tap) -> None:
         """Queue a read card for its decision (the card stage, :meth:`submit_identity`, tests)."""

@@ -71,6 +71,8 @@ class SerialWorker:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: Held while a job runs, on the worker or in :meth:`call_here`: one at a time, in either place.
+        self._running = threading.Lock()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the worker thread; its result or exception, here."""
@@ -78,6 +80,17 @@ class SerialWorker:
         answer: asyncio.Future[T] = loop.create_future()
         self._put((fn, args, loop, answer))
         return await answer
+
+    def call_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the calling thread, between two of the worker's jobs.
+
+        For a thread that must not wait for a hand-over (a card reader
+        committing its own tap): the job's resources (an SQLite connection
+        made without ``check_same_thread``) see one caller at a time as
+        before, only not always the same thread.
+        """
+        with self._running:
+            return fn(*args)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` with no one waiting (from any thread); a failure is logged."""
@@ -104,7 +117,8 @@ class SerialWorker:
             if answer is not None and answer.cancelled():
                 continue
             try:
-                result = fn(*args)
+                with self._running:
+                    result = fn(*args)
             except BaseException as exc:  # noqa: BLE001 - handed to whoever awaits it
                 if loop is None:
                     log.exception("event=worker_job_failed worker=%s", self.name)

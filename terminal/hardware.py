@@ -106,7 +106,8 @@ class CardReader(Protocol):
     # Optional: ``read_on_arrival(work)`` makes the reader run ``await work(channel, atr)``
     # on every arriving card in its own thread, before telling the loop, and deliver the
     # outcome in ``CardPresent.read``. Only for work that waits on nothing but the card;
-    # the app gives it when its Identify says ``inline``.
+    # the app gives it when its Identify says ``inline`` (and may decide and journal the
+    # tap in that thread, under the loop's StateGuard).
 
 
 class AsyncIteratorLike(Protocol):

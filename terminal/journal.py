@@ -196,7 +196,7 @@ class Journal:
         self._conn: sqlite3.Connection | None = None
         self._head = HeadFile(Path(f"{self.path}.head"))
         self._after_answer_pending = False
-        self._txids: list[str] = []  # worker thread only
+        self._txids: list[str] = []  # only under the worker's job lock (its jobs, append_here)
         self._last_seq = 0
         self._last_hash = GENESIS
         self._rows = 0
@@ -284,7 +284,7 @@ class Journal:
             self._fail(exc, "open")
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # see append_here
         try:
             fresh = conn.execute("PRAGMA page_count").fetchone()[0] == 0
             if fresh:
@@ -613,9 +613,26 @@ class Journal:
         written then, and nothing may be granted.
         """
         (record,) = await self._run(self._append, (entry,), also)
-        self._head_later()
-        self.appended.set()
+        self.after_append()
         return record
+
+    def append_here(self, entry: TxEntry) -> Record:
+        """:meth:`append` in the calling thread, between the worker's jobs; the same errors.
+
+        For a tap served on the thread that read its card, which holds the
+        loop's :class:`~terminal.eventloop.StateGuard` meanwhile; once the loop
+        hears of the record it calls :meth:`after_append`.
+        """
+        (record,) = self._worker.call_here(self._append, (entry,), None)
+        return record
+
+    def after_append(self, appended: bool = True) -> None:
+        """Loop side of an append, wherever it was made (``appended`` False: it was refused):
+        a change of storage state, the head sidecar, whoever waits for records."""
+        self._announce()
+        if appended:
+            self._head_later()
+            self.appended.set()
 
     async def append_batch(self, entries: Iterable[TxEntry]) -> list[Record]:
         """Commit several records in one transaction (imports, bulk back-fills, the bench)."""

@@ -26,8 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item
                                   ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every async test runs on the loop the terminal ships with."""
-    return {"uvloop": eventloop.new_event_loop}
+    """Every async test runs on the loop the terminal ships with (its StateGuard included)."""
+    return {"guarded": eventloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

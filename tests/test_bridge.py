@@ -94,3 +94,34 @@ def test_shutdown_finishes_what_is_queued_and_a_new_call_starts_again() -> None:
         return out
 
     assert asyncio.run(scenario()) == list(range(5))
+
+
+async def test_a_call_here_runs_in_the_callers_thread_between_the_workers_jobs() -> None:
+    """A reader thread commits its tap itself: never at the same time as a job on the worker."""
+    worker = SerialWorker("test-worker")
+    inside = threading.Event()
+    release = threading.Event()
+    log: list[str] = []
+
+    def long_job() -> None:
+        inside.set()
+        release.wait(2.0)
+        log.append("job done")
+
+    def here() -> str:
+        log.append("here")
+        return threading.current_thread().name
+
+    try:
+        running = asyncio.ensure_future(worker.run(long_job))
+        await asyncio.to_thread(inside.wait, 2.0)
+        caller = threading.Thread(target=lambda: log.append(f"ran on {worker.call_here(here)}"), name="reader")
+        caller.start()
+        await asyncio.sleep(0.05)
+        assert log == []  # the worker's job holds it
+        release.set()
+        await running
+        await asyncio.to_thread(caller.join, 2.0)
+    finally:
+        worker.shutdown()
+    assert log == ["job done", "here", "ran on reader"]

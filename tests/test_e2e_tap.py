@@ -177,6 +177,7 @@ def test_sigterm_exits_cleanly(tmp_path: Path, pcscd: Pcscd, broker: Mosquitto) 
                 break
         rest, _ = proc.communicate(timeout=20)
         card.remove()
+        time.sleep(0.5)  # one pcscd poll: the next test's terminal must not find this card still there
     finally:
         if proc.poll() is None:
             proc.kill()

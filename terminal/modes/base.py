@@ -169,9 +169,15 @@ class Mode(Protocol):
 
     def refuse(self, decision: Decision) -> Ruling: ...
 
+    def asks(self, ruling: Ruling) -> bool: ...
+
     async def ask(self, ruling: Ruling) -> Entry | None: ...
 
     async def journal(self, entry: TxEntry, ruling: Ruling) -> Record: ...
+
+    def may_journal_here(self) -> bool: ...
+
+    def journal_here(self, entry: TxEntry, ruling: Ruling) -> Record: ...
 
     async def act(self, ruling: Ruling, record: Record) -> None: ...
 
@@ -256,10 +262,14 @@ class ModeBase:
         """A denial made before the mode's rule (not a member, card blocked ...)."""
         return Ruling(decision)
 
+    def asks(self, ruling: Ruling) -> bool:
+        """Whether :meth:`ask` would ask the member something for this ruling."""
+        return ruling.decision.reason == PIN_REQUIRED and self.host.keypad_present
+
     async def ask(self, ruling: Ruling) -> Entry | None:
         """Ask the member for what the rule wants (the PIN); None when there is nothing to ask
         or no answer came. The tap is then decided again with the answer."""
-        if ruling.decision.reason != PIN_REQUIRED or not self.host.keypad_present:
+        if not self.asks(ruling):
             return None
         typing = Typing(PIN_MAX)
         answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -295,11 +305,27 @@ class ModeBase:
         assert self.host.journal is not None
         async with self._commit:
             record = await self.host.journal.append(entry)
-            if self.store is not None and (ruling.bumps or ruling.state):
-                if record.seq <= self.store.applied_seq:  # a new journal file numbers from below us
-                    self.store.rebase(record.seq - 1)
-                self.store.apply(record.seq, ruling.bumps, ruling.state, self.time.mark)
+            self._apply(record, ruling)
         return record
+
+    def may_journal_here(self) -> bool:
+        """Whether a tap may be journaled outside the loop now: no record is between its commit
+        and its effects, and no PIN is being typed (that tap decides first)."""
+        return not self._commit.locked() and self._pin is None
+
+    def journal_here(self, entry: TxEntry, ruling: Ruling) -> Record:
+        """:meth:`journal` in the calling thread, which holds the loop's StateGuard and asked
+        :meth:`may_journal_here` under it; the loop then calls the journal's ``after_append``."""
+        assert self.host.journal is not None
+        record = self.host.journal.append_here(entry)
+        self._apply(record, ruling)
+        return record
+
+    def _apply(self, record: Record, ruling: Ruling) -> None:
+        if self.store is not None and (ruling.bumps or ruling.state):
+            if record.seq <= self.store.applied_seq:  # a new journal file numbers from below us
+                self.store.rebase(record.seq - 1)
+            self.store.apply(record.seq, ruling.bumps, ruling.state, self.time.mark)
 
     async def act(self, ruling: Ruling, record: Record) -> None:
         """Do what the committed decision means beyond lights and screen."""
