@@ -300,17 +300,30 @@ class Terminal:
                 tap = self._arrived_tap(event, cast(Tap, event.read.result()))
             else:
                 async with self.hw.reader.connect(event.reader) as channel:
-                    tap.identity = await self.identify(channel, event.atr)
-                tap.read_at = time.perf_counter()
+                    await self._read(tap, channel, event.atr)
         except CardRemoved as exc:
             log.info("event=card_removed_early reader=%r detail=%r", event.reader, str(exc))
             self._busy -= 1
             tap.served()
             return
-        except CardError as exc:
+        except CardError as exc:  # the card could not even be opened: a refusal like any other
             tap.fail(exc)
             tap.read_at = time.perf_counter()
         self._taps.put_nowait(tap)  # _busy is released by the decision stage
+
+    async def _read(self, tap: Tap, channel: CardChannel, atr: bytes) -> Tap:
+        """Identify the card into ``tap``: its identity, or the refusal it is decided as.
+
+        A card taken away mid-read raises :class:`CardRemoved`: there is no tap then.
+        """
+        try:
+            tap.identity = await self.identify(channel, atr)
+        except CardRemoved:
+            raise
+        except CardError as exc:
+            tap.fail(exc)
+        tap.read_at = time.perf_counter()
+        return tap
 
     @staticmethod
     def _arrived_tap(event: CardPresent, tap: Tap) -> Tap:
@@ -319,19 +332,8 @@ class Terminal:
         return tap
 
     async def _read_and_serve(self, channel: CardChannel, atr: bytes) -> Tap:
-        """The reader thread's arrival work: read the card, then serve the tap there if the loop lets it.
-
-        A card taken away mid-read raises :class:`CardRemoved` (no tap);
-        another card error is a refusal, decided like any tap.
-        """
-        tap = Tap("", 0.0)
-        try:
-            tap.identity = await self._identify(channel, atr)
-        except CardRemoved:
-            raise
-        except CardError as exc:
-            tap.fail(exc)
-        tap.read_at = time.perf_counter()
+        """The reader thread's arrival work: read the card, then serve the tap there if the loop lets it."""
+        tap = await self._read(Tap("", 0.0), channel, atr)
         self._serve_here(tap)
         return tap
 
@@ -358,7 +360,7 @@ class Terminal:
                 return
             moment = self.mode.time.now()
             ruling, lookup = self.decide(tap, moment)
-            if lookup is not None and is_service_card(lookup.member, lookup.hot, moment.now):
+            if self._service_card(lookup, moment):
                 return
             if self.mode.asks(ruling):
                 return
@@ -430,7 +432,7 @@ class Terminal:
         moment = self.mode.time.now()
         ruling, lookup = self.decide(tap, moment)
         decided_at = time.perf_counter()
-        if lookup is not None and is_service_card(lookup.member, lookup.hot, moment.now):
+        if self._service_card(lookup, moment):
             await self._service_mode(tap, lookup, decided_at)  # [field ops]
             return
         typed = await self.mode.ask(ruling)  # [modes] the PIN pad, when the rule asked for a PIN
@@ -444,6 +446,11 @@ class Terminal:
             self._unrecorded(tap, ruling, lookup, decided_at, exc)
             return
         await self._conclude(tap, ruling, lookup, record, decided_at, time.perf_counter())
+
+    @staticmethod
+    def _service_card(lookup: Lookup | None, moment: Moment) -> bool:
+        """A technician's card: it opens service mode instead of being decided ([field ops])."""
+        return lookup is not None and is_service_card(lookup.member, lookup.hot, moment.now)
 
     def _entry(self, tap: Tap, ruling: Ruling, lookup: Lookup | None) -> TxEntry:
         """The journal entry of a decided tap."""
