@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from . import eventloop
 from .bridge import LoopBridge
 from .commands import CommandProcessor
 from .config import Config
@@ -37,7 +36,6 @@ from .hardware import (CardChannel, CardGone, CardPresent, CardRead, Hardware, I
                        InputKind, Inputs, ReaderState)
 from .identify import build as build_card_layer
 from .journal import Journal, Record, TxEntry
-from .eventloop import StateGuard
 from .members import Lookup, MemberStore
 from .membersync import MemberSync
 from .model import CardIdentity, Decision
