@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from terminal import eventloop
-from terminal.app import Outcome
+from terminal.taps import Outcome
 from terminal.cardref import card_ref
 from terminal.modes.pos import PendingSale, PendingVoid
 from terminal.rules.clock import TZ

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from drivers.factory import open_hardware
-from terminal.app import Outcome, Terminal
+from terminal.app import Terminal
 from terminal.config import Config, load
 from terminal.members import MemberStore
+from terminal.taps import Outcome
 
 from .cards.desfire import UnionCard
 from .people import Person, cast, records

@@ -21,18 +21,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from .bridge import LoopBridge
+from .cardref import load_card_key
 from .commands import CommandProcessor
 from .config import Config
 from .config import load as load_config
 from .eventloop import StateGuard, guard_of
-from .exceptions import CardError, CardRefused, CardRemoved, StorageError, UniontermError
+from .exceptions import CardError, CardRemoved, StorageError, UniontermError
 from .fifotaps import fifo_taps
-from .hardware import (CardChannel, CardGone, CardPresent, CardRead, Hardware, InputEvent,
+from .hardware import (CardChannel, CardGone, CardPresent, Hardware, InputEvent,
                        InputKind, Inputs, ReaderState)
 from .identify import build as build_card_layer
 from .journal import Journal, Record, TxEntry
@@ -45,6 +44,7 @@ from .rules.door import DoorMode
 from .rules.membership import check_eligibility
 from .service_session import SERVICE_DECISION, ServiceSession, is_service_card
 from .storage import StorageState, screen_text
+from .taps import Outcome, Served, Tap
 from .telemetry import ListInfo, Telemetry
 from .timesource import wall_clock
 from .ui import APPROVE, DENY, Screen, decision_screen, render, signal, text
@@ -57,70 +57,6 @@ log = logging.getLogger("unionterm.app")
 GUARD_WAIT_S = 0.1
 
 Identify = Callable[[CardChannel, bytes], Awaitable[CardIdentity]]
-
-
-@dataclass
-class Tap:
-    """A card that was read (or failed to read) and waits for its decision."""
-
-    reader: str
-    detected_at: float
-    identity: CardIdentity | None = None
-    error: CardError | None = None
-    read_at: float = 0.0
-    card: CardRead | None = None
-    #: Set when the reader's thread decided and journaled the tap (:meth:`Terminal._serve_here`).
-    here: "Served | None" = None
-
-    def served(self) -> None:
-        """Through with this tap: a reader that kept the card may let it go."""
-        if self.card is not None:
-            self.card.served()
-
-    def fail(self, error: CardError) -> None:
-        """A refused card: a refused proof keeps what the card was taken for, for the journal."""
-        self.error = error
-        if isinstance(error, CardRefused):
-            self.identity = error.attempt
-
-
-@dataclass
-class Served:
-    """A tap decided and journaled on the thread that read its card, for the loop to conclude."""
-
-    ruling: Ruling
-    lookup: Lookup | None
-    record: Record | None
-    decided_at: float
-    committed_at: float
-    unrecorded: StorageError | None = None
-
-
-@dataclass
-class Outcome:
-    """Everything known about one served tap, for listeners (demo, tests, bench)."""
-
-    tap: Tap
-    decision: Decision
-    lookup: Lookup | None
-    record: Record | None
-    decided_at: float
-    committed_at: float
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def load_card_key(path: Path) -> bytes:
-    """The deployment key for card hashes: hex in a file readable by the service only."""
-    try:
-        raw = path.read_text().strip()
-        key = bytes.fromhex(raw)
-    except FileNotFoundError:
-        raise UniontermError(f"{path}: card key file not found") from None
-    except ValueError:
-        raise UniontermError(f"{path}: card key must be hex") from None
-    if len(key) < 16:
-        raise UniontermError(f"{path}: card key must be at least 16 bytes")
-    return key
 
 
 class Terminal:

@@ -1,4 +1,4 @@
-"""Keyed hashes of card identifiers.
+"""Keyed hashes of card identifiers, and the deployment key they are keyed with.
 
 A terminal never stores or sends a raw UID or bank card number: the member
 list and the journal hold ``HMAC-SHA256(deployment_key, kind ":" identifier)``.
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import hmac
+from pathlib import Path
+
+from .exceptions import UniontermError
 
 #: Card kinds as they appear in member records and journal rows.
 KINDS = ("union", "pan", "uid", "ecard")
@@ -34,3 +37,17 @@ def card_ref(key: bytes, kind: str, identifier: bytes | str) -> bytes:
     mac = _keyed(key).copy()
     mac.update(kind.encode() + b":" + raw)
     return mac.digest()
+
+
+def load_card_key(path: Path) -> bytes:
+    """The deployment key for card hashes: hex in a file readable by the service only."""
+    try:
+        raw = path.read_text().strip()
+        key = bytes.fromhex(raw)
+    except FileNotFoundError:
+        raise UniontermError(f"{path}: card key file not found") from None
+    except ValueError:
+        raise UniontermError(f"{path}: card key must be hex") from None
+    if len(key) < 16:
+        raise UniontermError(f"{path}: card key must be at least 16 bytes")
+    return key

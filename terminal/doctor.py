@@ -42,6 +42,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from . import signing, tls
+from .cardref import load_card_key
 from .cards.sam import SoftwareSam
 from .config import Config
 from .exceptions import ConfigError, UniontermError
@@ -176,8 +177,6 @@ def check_readers(cfg: Config, names: list[str] | None) -> Check:
 
 def check_keys(cfg: Config) -> Check:
     """Card-hash key, back-office command keys and SAM keys load as the service loads them."""
-    from .app import load_card_key  # the service's own loader
-
     notes = []
     try:
         load_card_key(cfg.config_path(cfg.members.card_key_file))

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from . import signing, tls
+from .cardref import load_card_key
 from .cards.sam import SoftwareSam
 from .config import Config, parse
 from .exceptions import ConfigError, UniontermError
@@ -440,8 +441,6 @@ def _plan_tls(spec: Spec, table: dict[str, Any], config_dir: Path, warnings: lis
 
 def _validate(cfg: Config, warnings: list[str]) -> None:
     """Load every secret and certificate the way the service will; raise on the first that would fail."""
-    from .app import load_card_key  # the service's own loader (imports the app: only here)
-
     load_card_key(cfg.config_path(cfg.members.card_key_file))
     signing.load_trusted(cfg.config_path(p) for p in cfg.commands.public_keys)
     if "union-app" in cfg.cards.profiles and cfg.cards.sam == "software":

@@ -35,11 +35,12 @@ from simulator.keypad import SimulatedMatrix
 from simulator.people import Person, cast, records
 from simulator.rig import PINS, sim_config_text
 from simulator.services import free_port
-from terminal.app import Outcome, Tap, Terminal
+from terminal.app import Terminal
 from terminal.cardref import card_ref
 from terminal.config import KeypadSection, load
 from terminal.hardware import Hardware, ReaderEvent
 from terminal.model import CardIdentity, Strength
+from terminal.taps import Outcome, Tap
 from terminal.ui import Screen
 
 

@@ -13,9 +13,10 @@ import pytest
 
 from simulator.observer import Observer
 from simulator.services import Mosquitto
-from terminal.app import Tap, Terminal
+from terminal.app import Terminal
 from terminal.model import CardIdentity, Strength
 from terminal.rules.clock import Moment
+from terminal.taps import Tap
 from tests.logkit import Lines
 from tests.memberkit import (DAY, STRANGER, delta, digest_of, hotlist, members, publish_delta,
                              publish_hotlist, publish_snapshot, resign, running_terminal, snapshot,

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from simulator.people import Person
 from simulator.rig import Rig
 from simulator.services import Mosquitto, Pcscd, free_port
-from terminal.app import Tap
+from terminal.taps import Tap
 from terminal.cardref import card_ref
 from terminal.config import Config, parse
 from terminal.model import CardIdentity, Strength

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from terminal.app import Outcome
+from terminal.taps import Outcome
 from terminal.exceptions import ActionRefused
 from terminal.rules.clock import local
 
