@@ -299,12 +299,12 @@ class Terminal:
             if self.mode.asks(ruling):
                 return
             decided_at = time.perf_counter()
-            record, unrecorded = None, None
+            result: Record | StorageError
             try:
-                record = self.mode.journal_here(self._entry(tap, ruling, lookup), ruling)
+                result = self.mode.journal_here(self._entry(tap, ruling, lookup), ruling)
             except StorageError as exc:
-                unrecorded = exc
-            tap.here = Served(ruling, lookup, record, decided_at, time.perf_counter(), unrecorded)
+                result = exc
+            tap.here = Served(ruling, lookup, result, decided_at, time.perf_counter())
             self._busy += 1  # released by the decision stage, which concludes the tap on the loop
         finally:
             guard.release()
@@ -355,13 +355,12 @@ class Terminal:
         assert self.journal is not None
         here = tap.here
         if here is not None:  # decided and journaled on its reader's thread (_serve_here)
-            self.journal.after_append(here.record is not None)
-            if here.record is None:
-                assert here.unrecorded is not None
-                self._unrecorded(tap, here.ruling, here.lookup, here.decided_at, here.unrecorded)
+            result = here.result
+            self.journal.after_append(not isinstance(result, StorageError))
+            if isinstance(result, StorageError):
+                self._unrecorded(tap, here.ruling, here.lookup, here.decided_at, result)
             else:
-                await self._conclude(tap, here.ruling, here.lookup, here.record, here.decided_at,
-                                     here.committed_at)
+                await self._conclude(tap, here.ruling, here.lookup, result, here.decided_at, here.committed_at)
             return
         moment = self.mode.time.now()
         ruling, lookup = self.decide(tap, moment)

@@ -48,10 +48,15 @@ class Served:
 
     ruling: Ruling
     lookup: Lookup | None
-    record: Record | None
+    #: The committed record, or why the journal refused it (then nothing is granted).
+    result: Record | StorageError
     decided_at: float
     committed_at: float
-    unrecorded: StorageError | None = None
+
+    @property
+    def record(self) -> Record | None:
+        """The committed record; None when the journal refused it."""
+        return self.result if isinstance(self.result, Record) else None
 
 
 @dataclass
