@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from rulekit import at
 from test_e2e_modes import mode_rig
+from test_journal import entry
 from test_modes_canteen import canteen
+from txkit import running_rig
 
 from simulator.cards.uid import UidCard
 from simulator.demo import SimClock
@@ -24,6 +26,8 @@ from simulator.rig import Rig
 from simulator.services import Mosquitto, Pcscd
 from terminal import app
 from terminal.eventloop import guard_of
+from terminal.exceptions import StorageError
+from terminal.storage import StorageState
 
 pytestmark = pytest.mark.stack
 
@@ -80,3 +84,23 @@ async def test_counters_changed_on_the_reader_thread_decide_the_next_tap(
     assert [o.tap.here is not None for o in (lunch, second, other)] == [True, True, True]
     assert lunch.decision.approved and second.decision.reason == "already_served" and other.decision.approved
     assert [o.record.seq for o in (lunch, second, other)] == [1, 2, 3]
+
+
+async def test_a_commit_refused_on_the_reader_thread_grants_nothing_and_serving_goes_on(
+        tmp_path: Path, pcscd: Pcscd, broker: Mosquitto) -> None:
+    """A full journal refuses the door's record in the reader thread: the loop denies, the relay stays."""
+    async with running_rig(tmp_path / "rig", pcscd, broker, pulse_ms=100,
+                           journal={"db": "journal.db", "capacity": 100}) as rig:
+        await rig.terminal.journal.append_batch(entry(i) for i in range(100))
+        member = rig.people[0]
+        refused = await rig.tap(rig.union_card(member))
+        here = refused.tap.here
+        assert here is not None and here.record is None and isinstance(here.result, StorageError)
+        assert (refused.decision.approved, refused.decision.reason, refused.record) == (
+            False, StorageState.JOURNAL_FULL.value, None)
+        assert rig.terminal.journal.last_seq == 100
+        stranger = await rig.tap(UidCard(bytes.fromhex("04FFFFFFFF0001")))  # a denial grants nothing: kept
+        assert stranger.tap.here is not None and stranger.decision.reason == "unknown_card"
+        assert stranger.record is not None and stranger.record.seq == 101
+        await asyncio.sleep(rig.pulse_ms / 1000 + 0.2)
+        assert True not in rig.pin_history("relay")  # the door never opened
